@@ -1,0 +1,61 @@
+"""The verifier: SSA, topological order, operand counts, attrs, and types against `infer_type`.
+
+It runs after every pass in the tests and under `--verify-each`. A failure is a
+bug in whatever produced the graph; the message names the node.
+"""
+
+from __future__ import annotations
+
+from ..errors import VerifyError
+from .core import Graph, TensorType, dims_equal
+from .ops import get_op
+from .printer import Namer, format_node
+
+
+def types_match(a: TensorType, b: TensorType) -> bool:
+    return a.dtype == b.dtype and a.rank == b.rank and all(dims_equal(x, y) for x, y in zip(a.shape, b.shape))
+
+
+def verify(graph: Graph) -> None:
+    """Raise `VerifyError` at the first broken invariant."""
+    name = Namer(graph)
+    defined: set[int] = {id(v) for v in graph.inputs} | {id(v) for v in graph.param_values.values()}
+    for pname, v in graph.param_values.items():
+        if v.name != pname or v.producer is not None:
+            raise VerifyError(f"param @{pname} is malformed")
+        t = graph.params.get(pname)
+        if t is not None and (tuple(t.shape) != v.type.shape or t.dtype != v.type.dtype.torch):
+            raise VerifyError(f"param @{pname} holds {tuple(t.shape)} {t.dtype}, declared {v.type}")
+    for node in graph.nodes:
+        where = lambda: format_node(node, name)  # noqa: E731
+        opdef = get_op(node.op)
+        if not opdef.arity_ok(len(node.inputs)):
+            raise VerifyError(f"{node.op} takes ({', '.join(opdef.operands)}): {where()}")
+        for pos, v in enumerate(node.inputs):
+            if id(v) not in defined:
+                raise VerifyError(f"operand {pos} is used before it is defined (SSA/topological order): {where()}")
+            if (node, pos) not in v.uses:
+                raise VerifyError(f"use list of operand {pos} is stale: {where()}")
+        for out in node.outputs:
+            if id(out) in defined:
+                raise VerifyError(f"value defined twice: {where()}")
+            if out.producer is not node:
+                raise VerifyError(f"result does not point at its node: {where()}")
+            defined.add(id(out))
+        in_types = [v.type for v in node.inputs]
+        try:
+            opdef.verify(in_types, node.attrs)
+            expected = opdef.infer_type(in_types, node.attrs)
+        except VerifyError as e:
+            raise VerifyError(f"{e}: {where()}") from None
+        if len(expected) != len(node.outputs) or not all(types_match(e, o.type) for e, o in zip(expected, node.outputs)):
+            exp = ", ".join(map(str, expected))
+            raise VerifyError(f"result types differ from inferred ({exp}): {where()}")
+    if not graph.outputs:
+        raise VerifyError("graph has no outputs")
+    names = [n for n, _ in graph.outputs]
+    if len(set(names)) != len(names):
+        raise VerifyError(f"output names repeat: {names}")
+    for oname, v in graph.outputs:
+        if id(v) not in defined:
+            raise VerifyError(f"output {oname!r} is not defined in the graph")
