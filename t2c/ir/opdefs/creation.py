@@ -9,10 +9,11 @@ import sympy
 import torch
 
 from ...errors import VerifyError
-from ..core import Dim, DType, TensorType, dim_from_sympy, dim_sympy
+from ..core import Dim, DType, SymDim, TensorType, dim_from_sympy, dim_sympy
 from ..ops import define_op
 
-Scalar = Union[bool, int, float]
+# A symbolic value (`seq`) makes a scalar from a dynamic size, as `x + x.shape[1]` needs.
+Scalar = Union[bool, int, float, SymDim]
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ define_op(
     "full",
     (),
     lambda types, a: [TensorType(a.dtype, a.shape)],
-    lambda ctx, a, *_: torch.full(ctx.shape(a.shape), a.value, dtype=a.dtype.torch),
+    lambda ctx, a, *_: torch.full(ctx.shape(a.shape), ctx.dim(a.value) if isinstance(a.value, SymDim) else a.value, dtype=a.dtype.torch),
     FullAttrs,
     verify=_full_verify,
     doc="a tensor filled with one value; shape [] is a scalar constant",

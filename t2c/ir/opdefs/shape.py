@@ -307,3 +307,13 @@ def _repeat_infer(types, a):
 
 
 define_op("repeat", ("x",), _repeat_infer, lambda ctx, a, x: x.repeat(ctx.shape(a.repeats)), RepeatAttrs, doc="tile the tensor")
+
+
+define_op(
+    "scatter",
+    ("x", "index", "src"),
+    lambda types, a: [types[0]],
+    lambda ctx, a, x, i, s: torch.scatter(x, a.dim, i, s),
+    AxisAttrs,
+    doc="torch.scatter along dim: x with src written at index",
+)

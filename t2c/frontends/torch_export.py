@@ -1,0 +1,390 @@
+"""Frontend: torch.export (non-strict) -> FX (core ATen, high-level ops kept) -> t2c IR.
+
+Steps, in order:
+1. wrap the module so it takes named tensors and returns a flat tuple, remembering
+   the output names (`logits`, `last_hidden_state`, ...);
+2. for Hugging Face models, turn the KV cache off and swap MoE blocks for `t2c::moe`;
+3. export with dynamic `batch`/`seq` dims where the example allows;
+4. decompose to core ATen, keeping linear, layer_norm, SDPA, silu, gelu, softmax whole;
+5. convert each FX node once through the table in `aten_table.py`; an op with no
+   conversion is a `UnsupportedOpError` naming the op, the module and the source line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import sympy
+import torch
+import torch.fx
+
+from ..errors import UnsupportedOpError, UserError, VerifyError
+from ..ir.core import Dim, DType, Graph, TensorType, Value, dim_from_sympy
+from ..ir.verifier import types_match
+from . import hf
+from .aten_table import CONVERSIONS, IDENTITY_OPS, SKIPPED_OPS, SYMBOLIC_OPS
+
+_WRAPPER_PREFIX = "inner."
+
+
+class NamedOutputs(torch.nn.Module):
+    """Calls the model with keyword tensors; returns a flat tuple and records output names."""
+
+    def __init__(self, inner: torch.nn.Module, input_names: list[str], output_names: list[str]):
+        super().__init__()
+        self.inner = inner
+        self.input_names = input_names
+        # Written through a closure, not a module attribute: torch.export restores module
+        # attributes it saw mutated, which would throw the names away.
+        self._record_names = lambda found: output_names.__setitem__(slice(None), found)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.inner(**dict(zip(self.input_names, inputs)))
+        names, values = flatten_outputs(out)
+        self._record_names(names)
+        return tuple(values)
+
+
+def flatten_outputs(out: Any) -> tuple[list[str], list[torch.Tensor]]:
+    """Output names and tensors: ModelOutput/dict keys, `output_i` for tuples, `output` alone."""
+    if isinstance(out, torch.Tensor):
+        return ["output"], [out]
+    if isinstance(out, Mapping):  # includes transformers' ModelOutput
+        items = [(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+        return [k for k, _ in items], [v for _, v in items]
+    if isinstance(out, (tuple, list)):
+        names, values = [], []
+        for i, v in enumerate(out):
+            if isinstance(v, torch.Tensor):
+                names.append(f"output_{i}")
+                values.append(v)
+        return names, values
+    raise UserError(f"the model returned {type(out).__name__}; t2c needs tensors, a tuple of tensors or a dict of tensors")
+
+
+def decomposition_table() -> dict:
+    """Core ATen decompositions, minus the high-level ops t2c keeps whole."""
+    aten = torch.ops.aten
+    table = torch.export.default_decompositions()
+    keep = [
+        aten.linear.default, aten.layer_norm.default, aten.scaled_dot_product_attention.default,
+        aten.silu.default, aten.gelu.default, aten.softmax.int, aten._softmax.default,
+        aten.log_softmax.int, aten._log_softmax.default, aten.embedding.default,
+    ]
+    if hasattr(aten, "rms_norm"):
+        keep.append(aten.rms_norm.default)
+    for op in keep:
+        table.pop(op, None)
+    return table
+
+
+def _dynamic_examples(examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]]) -> dict[str, torch.Tensor]:
+    """Examples whose dynamic dims are >= 2: torch.export specialises dims of size 0 and 1."""
+    out = {}
+    for name, t in examples.items():
+        for axis in dynamic_dims.get(name, {}):
+            if t.dim() > axis and t.shape[axis] < 2:
+                reps = [1] * t.dim()
+                reps[axis] = 2
+                t = t.repeat(*reps)
+        out[name] = t
+    return out
+
+
+def export(module: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]]) -> tuple[torch.export.ExportedProgram, list[str]]:
+    """torch.export the module (non-strict); returns the decomposed program and output names."""
+    output_names: list[str] = []
+    wrapper = NamedOutputs(module, list(examples), output_names).eval()
+    examples = _dynamic_examples(examples, dynamic_dims)
+    # Positional, in the order of `examples`; *inputs is one (tuple) argument to torch.export.
+    dynamic_shapes = tuple({axis: torch.export.Dim.AUTO for axis in dynamic_dims.get(name, {})} or None for name in examples)
+    with hf.prepared_for_tracing(module), torch.no_grad():
+        try:
+            ep = torch.export.export(wrapper, tuple(examples.values()), dynamic_shapes=(dynamic_shapes,), strict=False)
+        except torch._dynamo.exc.UserError as e:  # type: ignore[attr-defined]
+            raise UserError(f"torch.export could not trace the model: {_first_line(e)}") from e
+        except Exception as e:  # noqa: BLE001 - surface the first line, keep the cause for --debug
+            raise UserError(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
+        ep = ep.run_decompositions(decomposition_table())
+    return ep, output_names
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+@dataclass
+class Converter:
+    """State of one FX -> IR conversion; handlers in `aten_table` call back into it."""
+
+    graph: Graph
+    ep: torch.export.ExportedProgram
+    symbols: dict[sympy.Symbol, sympy.Symbol] = field(default_factory=dict)
+    env: dict[torch.fx.Node, Any] = field(default_factory=dict)
+    node: torch.fx.Node | None = None
+
+    # -- helpers for handlers -------------------------------------------------------
+    def value(self, arg: Any) -> Value:
+        if not isinstance(arg, torch.fx.Node):
+            raise self.unsupported(f"expected a tensor operand, got {arg!r}")
+        v = self.env[arg]
+        if not isinstance(v, Value):
+            raise self.unsupported(f"expected a tensor operand, got the symbolic size {v}")
+        return v
+
+    def maybe_value(self, arg: Any) -> Value | None:
+        return None if arg is None else self.value(arg)
+
+    def dim(self, x: Any) -> Dim:
+        """A size argument (int, SymInt or an FX node computing one) as an IR dim."""
+        if isinstance(x, torch.fx.Node):
+            v = self.env[x]
+            if isinstance(v, Value):
+                raise self.unsupported("a size computed from tensor data (data-dependent shapes are not supported)")
+            return v
+        if isinstance(x, torch.SymInt):
+            return self.sym(x)
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise self.unsupported(f"expected a size, got {x!r}")
+        return x
+
+    def sym(self, x: Any) -> Dim:
+        if isinstance(x, int):
+            return x
+        expr = x.node.expr if isinstance(x, torch.SymInt) else x
+        return dim_from_sympy(_plain_sympy(expr).xreplace(self.symbols))
+
+    def meta_type(self, node: torch.fx.Node | None = None, index: int | None = None) -> TensorType:
+        node = node or self.node
+        val = node.meta.get("val")
+        if index is not None:
+            val = val[index]
+        if not isinstance(val, torch.Tensor):
+            raise self.unsupported("the traced node has no tensor metadata")
+        return TensorType(DType.from_torch(val.dtype), tuple(self.sym(s) for s in val.shape))
+
+    def meta_types(self) -> list[TensorType]:
+        vals = self.node.meta.get("val")
+        return [self.meta_type(index=i) for i in range(len(vals))]
+
+    def emit(self, op: str, inputs: list[Value], attrs: Any = None) -> Value:
+        return self.graph.add_node(op, inputs, attrs).output
+
+    def emit_multi(self, op: str, inputs: list[Value], attrs: Any = None) -> tuple[Value, ...]:
+        return self.graph.add_node(op, inputs, attrs).outputs
+
+    def scalar(self, value: Any, like: Value | None = None) -> Value:
+        """A 0-d constant for a Python scalar; takes `like`'s dtype when that keeps torch's promotion."""
+        from ..ir.opdefs.creation import FullAttrs
+
+        if isinstance(value, torch.fx.Node):
+            d = self.dim(value)
+            return self.emit("full", [], FullAttrs((), d, DType.I64))
+        if isinstance(value, torch.SymInt):
+            return self.emit("full", [], FullAttrs((), self.sym(value), DType.I64))
+        if isinstance(value, bool):
+            dtype = DType.BOOL
+        elif isinstance(value, int):
+            dtype = like.type.dtype if like is not None and like.type.dtype not in (DType.BOOL,) else DType.I64
+        elif isinstance(value, float):
+            dtype = like.type.dtype if like is not None and like.type.dtype.is_float else DType.F32
+            if not dtype.is_float:
+                dtype = DType.F32
+        else:
+            raise self.unsupported(f"unsupported scalar {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and dtype.is_float:
+            value = float(value)
+        return self.emit("full", [], FullAttrs((), value, dtype))
+
+    def operand(self, arg: Any, like: Value | None = None) -> Value:
+        """A tensor operand, or a 0-d constant for a scalar argument."""
+        if isinstance(arg, torch.fx.Node) and isinstance(self.env.get(arg), Value):
+            return self.env[arg]
+        return self.scalar(arg, like)
+
+    def unsupported(self, why: str) -> UnsupportedOpError:
+        return UnsupportedOpError(f"{why} at {describe_node(self.node, self.ep)}")
+
+
+def _plain_sympy(expr: sympy.Expr) -> sympy.Expr:
+    """Rewrite torch's sympy helpers (FloorDiv, CleanDiv, ...) into plain sympy."""
+    from torch.utils._sympy import functions as F
+
+    repl = {}
+    for cls_name, fn in (("FloorDiv", lambda a, b: sympy.floor(a / b)), ("CleanDiv", lambda a, b: a / b), ("IntTrueDiv", lambda a, b: a / b), ("CeilDiv", lambda a, b: sympy.ceiling(a / b)), ("PythonMod", sympy.Mod), ("Mod", sympy.Mod), ("TruncToInt", lambda a: sympy.floor(a))):
+        cls = getattr(F, cls_name, None)
+        if cls is not None:
+            repl[cls] = fn
+    for cls, fn in repl.items():
+        expr = expr.replace(cls, fn)
+    return expr
+
+
+def describe_node(node: torch.fx.Node | None, ep: Any = None) -> str:
+    """`module path (file:line)` of an FX node, from its metadata."""
+    if node is None:
+        return "<unknown>"
+    module = module_path(node) or "<top level>"
+    line = source_line(node)
+    return f"{module}" + (f" ({line})" if line else "")
+
+
+def module_path(node: torch.fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    path = re.sub(r"^L\['self'\]\.?", "", path)
+    path = path[len(_WRAPPER_PREFIX):] if path.startswith(_WRAPPER_PREFIX) else path
+    if path == "inner":
+        return None
+    return path
+
+
+def source_line(node: torch.fx.Node) -> str | None:
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)', trace)
+    if not frames:
+        return None
+    file, line, code = frames[-1]
+    return f"{file}:{line}: {code.strip()}"
+
+
+def _param_name(target: str) -> str:
+    name = target[len(_WRAPPER_PREFIX):] if target.startswith(_WRAPPER_PREFIX) else target
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def convert(ep: torch.export.ExportedProgram, output_names: list[str], *, name: str = "main", input_names: list[str] | None = None, dim_names: dict[tuple[str, int], str] | None = None) -> Graph:
+    """Convert a decomposed ExportedProgram into an IR graph (weights attached)."""
+    from torch.export.graph_signature import InputKind
+
+    graph = Graph(name)
+    conv = Converter(graph, ep)
+    specs = {s.arg.name: s for s in ep.graph_signature.input_specs}
+    user_placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and specs[n.name].kind == InputKind.USER_INPUT]
+    names = input_names or [n.name for n in user_placeholders]
+    # Name the symbols after the dims they stand for (batch, seq), first come first named.
+    dim_names = dim_names or {}
+    for ph, in_name in zip(user_placeholders, names):
+        val = ph.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for axis, s in enumerate(val.shape):
+            if isinstance(s, torch.SymInt) and isinstance(s.node.expr, sympy.Symbol):
+                sym = s.node.expr
+                if sym not in conv.symbols:
+                    label = dim_names.get((in_name, axis), f"d{len(conv.symbols)}")
+                    if sympy.Symbol(label, integer=True, positive=True) in conv.symbols.values():
+                        label = f"{label}{len(conv.symbols)}"
+                    conv.symbols[sym] = sympy.Symbol(label, integer=True, positive=True)
+    state = dict(ep.state_dict)
+    state.update(getattr(ep, "constants", {}) or {})
+    user_i = 0
+    for node in ep.graph.nodes:
+        conv.node = node
+        if node.op == "placeholder":
+            spec = specs[node.name]
+            if spec.kind == InputKind.USER_INPUT:
+                conv.env[node] = graph.add_input(names[user_i], conv.meta_type(node))
+                user_i += 1
+            else:
+                target = spec.target
+                tensor = state.get(target)
+                if tensor is None:
+                    raise UserError(f"the exported program has no data for {target!r}")
+                tensor = tensor.detach()
+                conv.env[node] = graph.add_param(_param_name(target), tensor.contiguous())
+        elif node.op == "call_function":
+            _convert_call(conv, node)
+        elif node.op == "output":
+            results = node.args[0]
+            if len(output_names) != len(results):
+                output_names = [f"output_{i}" for i in range(len(results))]
+            for oname, r in zip(output_names, results):
+                v = conv.env.get(r) if isinstance(r, torch.fx.Node) else None
+                if not isinstance(v, Value):
+                    raise UserError(f"output {oname!r} is not a tensor computed by the graph")
+                graph.set_output(oname, v)
+        elif node.op == "get_attr":
+            raise conv.unsupported("a get_attr node (higher-order ops are not supported)")
+    graph.remove_unused_params()
+    return graph
+
+
+def _convert_call(conv: Converter, node: torch.fx.Node) -> None:
+    target = node.target
+    if target in SKIPPED_OPS:
+        return
+    if target in SYMBOLIC_OPS or (not isinstance(node.meta.get("val"), (torch.Tensor, tuple, list)) and isinstance(node.meta.get("val"), (torch.SymInt, int)) and target is not torch.ops.aten.item.default):
+        conv.env[node] = conv.sym(node.meta["val"])
+        return
+    if target in IDENTITY_OPS:
+        conv.env[node] = conv.value(node.args[0])
+        return
+    if target is __import__("operator").getitem:
+        src = conv.env[node.args[0]]
+        conv.env[node] = src[node.args[1]]
+        return
+    handler = CONVERSIONS.get(target)
+    if handler is None:
+        raise conv.unsupported(f"unsupported op {_op_name(target)}; t2c has no conversion for it yet")
+    start = len(conv.graph.nodes)
+    result = handler(conv, *node.args, **node.kwargs)
+    module = module_path(node)
+    for n in conv.graph.nodes[start:]:
+        n.meta["module"] = module
+        n.meta["source"] = source_line(node)
+    _check_against_meta(conv, node, result)
+    conv.env[node] = result
+
+
+def _op_name(target: Any) -> str:
+    return str(getattr(target, "name", lambda: target)()) if hasattr(target, "name") else str(target)
+
+
+def _check_against_meta(conv: Converter, node: torch.fx.Node, result: Any) -> None:
+    """The IR's inferred types must equal torch's: a mismatch is a frontend bug, caught here."""
+    val = node.meta.get("val")
+    if isinstance(result, Value) and isinstance(val, torch.Tensor):
+        pairs = [(result, conv.meta_type(node))]
+    elif isinstance(result, tuple) and isinstance(val, (tuple, list)):
+        pairs = [(r, conv.meta_type(node, i)) for i, r in enumerate(result) if isinstance(r, Value) and isinstance(val[i], torch.Tensor)]
+    else:
+        return
+    for got, want in pairs:
+        if not types_match(got.type, want):
+            raise VerifyError(f"frontend bug: {_op_name(node.target)} converted to {got.type}, torch says {want} at {describe_node(node)}")
+
+
+def trace(module: torch.nn.Module, example_inputs: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]] | None = None, *, name: str | None = None) -> Graph:
+    """Trace `module` called with keyword `example_inputs` into an IR graph with weights attached."""
+    if dynamic_dims is None:
+        dynamic_dims = default_dynamic_dims(example_inputs)
+    module = module.eval()
+    ep, output_names = export(module, example_inputs, dynamic_dims)
+    dim_names = {(inp, axis): label for inp, axes in dynamic_dims.items() for axis, label in axes.items()}
+    return convert(ep, output_names, name=name or type(module).__name__, input_names=list(example_inputs), dim_names=dim_names)
+
+
+def default_dynamic_dims(example_inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
+    """Axis 0 is `batch` and axis 1 is `seq` for every input of enough rank."""
+    dims: dict[str, dict[int, str]] = {}
+    for name, t in example_inputs.items():
+        axes = {}
+        if t.dim() >= 1:
+            axes[0] = "batch"
+        if t.dim() >= 2:
+            axes[1] = "seq"
+        dims[name] = axes
+    return dims
+
+
+def trace_exported(ep: torch.export.ExportedProgram, *, name: str = "main") -> Graph:
+    """Convert a loaded `.pt2` program (its dynamic dims are whatever it was exported with)."""
+    ep = ep.run_decompositions(decomposition_table())
+    n_out = len(ep.graph_signature.user_outputs)
+    return convert(ep, [f"output_{i}" for i in range(n_out)] if n_out > 1 else ["output"], name=name)
