@@ -158,7 +158,9 @@ def apply_rules(
     """
     rw = rewriter or Rewriter(graph)
     stats: dict[str, int] = {r.stat: 0 for r in rules}
-    misses: dict[str, None] = {}
+    # (rule, node, reason) -> node; printed at the end so names match the final graph
+    misses: dict[tuple[str, int, str], Node] = {}
+    fired: set[tuple[str, int]] = set()  # a miss that later succeeded is no miss
     for _ in range(max_sweeps):
         changed = False
         for node in list(graph.nodes):
@@ -170,18 +172,24 @@ def apply_rules(
                     continue
                 reason = rule.check(m)
                 if reason is not None:
-                    if debug is not None or _NEAR_MISSES.get() is not None:
-                        misses.setdefault(f"{rule.name}: {format_node(node, Namer(graph))}: {reason}")
+                    misses.setdefault((rule.name, id(node), reason), node)
                     continue
                 rule.rewrite(rw, m)
+                fired.add((rule.name, id(node)))
                 stats[rule.stat] += 1
                 changed = True
                 rw.erase_dead(node)
         if not changed:
             break
     sink = debug if debug is not None else _NEAR_MISSES.get()
-    if sink is not None:
-        sink.extend(misses)
+    if sink is not None and misses:
+        name = Namer(graph)
+        for (rule_name, node_id, reason), node in misses.items():
+            if (rule_name, node_id) in fired or rw.was_erased(node):
+                continue
+            line = f"{rule_name}: {format_node(node, name)}: {reason}"
+            if line not in sink:  # passes that call apply_rules repeatedly report a miss once
+                sink.append(line)
     stats["nodes_erased"] = rw.counts["nodes_erased"]
     return stats
 

@@ -1,0 +1,89 @@
+"""The pattern / check / rewrite API: rules, the rewriter's counts, near-miss reasons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from t2c.ir import parse_graph, print_graph, verify
+from t2c.ir.core import Node
+from t2c.passes import Match, Rewriter, RewriteRule, apply_rules, collect_near_misses
+from t2c.passes.fold_shapes import RULES
+
+GOLDEN = Path(__file__).parents[1] / "golden"
+
+NEG_OF_NEG = """graph g
+input %0 "x" : f32[4]
+input %1 "n" : i64[4]
+%2 = neg(%0) : f32[4]
+%3 = neg(%2) : f32[4]
+%4 = neg(%1) : i64[4]
+%5 = neg(%4) : i64[4]
+%6 = neg(%3) : f32[4]
+output "y" = %6
+output "z" = %5
+"""
+
+
+class DoubleNegation(RewriteRule):
+    """neg(neg(x)) -> x, refused (for the test's sake) on integers."""
+
+    name = "double-negation"
+    stat = "negations_removed"
+
+    def match(self, node: Node) -> Match | None:
+        inner = node.inputs[0].producer if node.op == "neg" else None
+        if inner is None or inner.op != "neg":
+            return None
+        return Match(node, {"x": inner.inputs[0]})
+
+    def check(self, match: Match) -> str | None:
+        return None if match["x"].type.dtype.is_float else "integer operand"
+
+    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
+        rewriter.replace_node(match.root, [match["x"]])
+
+
+def test_rule_match_count_near_miss_and_cleanup():
+    g = parse_graph(NEG_OF_NEG)
+    debug: list[str] = []
+    stats = apply_rules(g, [DoubleNegation()], debug)
+    verify(g)
+    # neg(neg(x)) folds; the outer neg stays; the dead inner neg is erased with it
+    assert stats == {"negations_removed": 1, "nodes_erased": 2}
+    assert print_graph(g).count("neg(") == 3
+    # named as in the rewritten graph, which is what `t2c opt` prints
+    assert debug == ["double-negation: %3 = neg(%2) : i64[4]: integer operand"]
+
+
+def test_rewriter_counts():
+    g = parse_graph(NEG_OF_NEG)
+    rw = Rewriter(g)
+    anchor = g.nodes[0]
+    new = rw.insert("abs", [g.inputs[0]], before=anchor)
+    rw.replace_all_uses(anchor.outputs[0], new.outputs[0])
+    rw.erase_dead(anchor)
+    verify(g)
+    assert rw.counts["nodes_inserted"] == 1 and rw.counts["uses_replaced"] == 1 and rw.counts["nodes_erased"] == 1
+    assert rw.was_erased(anchor)
+
+
+def test_fold_shape_near_misses_explain_themselves():
+    g = parse_graph((GOLDEN / "fold-shapes" / "no_fold.before.t2c").read_text())
+    with collect_near_misses() as misses:
+        apply_rules(g, RULES)
+    text = "\n".join(misses)
+    assert "collapse-casts" in text and "f32 -> f16 can change values" in text
+    assert "remove-identity" in text and "broadcast or promotion" in text
+    assert len(misses) == 4  # two casts, the broadcasting add, the promoting mul
+
+
+def test_float_to_int_through_a_lossless_cast_is_kept():
+    g = parse_graph("""graph g
+input %0 "x" : f16[4]
+%1 = cast(%0) {dtype=f32} : f32[4]
+%2 = cast(%1) {dtype=i32} : i32[4]
+output "y" = %2
+""")
+    debug: list[str] = []
+    assert apply_rules(g, RULES, debug)["chains_collapsed"] == 0
+    assert debug == ["collapse-casts: %2 = cast(%1) {dtype=i32} : i32[4]: float -> i32 conversion of out-of-range values is implementation-defined"]
