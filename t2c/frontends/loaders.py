@@ -168,17 +168,23 @@ class LoadedModel:
 
 
 def default_dynamic_dims(example_inputs: dict[str, Any]) -> dict[str, dict[int, str]]:
-    """Axis 0 is "batch" and axis 1 is "seq", where the example makes them dynamic.
+    """Axis 0 is "batch" and axis 1 is "seq" for every tensor input of rank >= 2.
 
-    Only axes of size >= 2 qualify: torch.export specialises size-1 dims, so a
-    batch-1 example cannot have a dynamic batch.
+    Size-1 example dims of such inputs qualify too: torch.export would specialise
+    them, so the frontend repeats those examples to size 2 before tracing. A
+    rank-1 input is batch-major only when its example says so (size >= 2): a
+    size-1 vector is more likely a per-model scale than a batch of one.
     """
     dims: dict[str, dict[int, str]] = {}
     for name, value in example_inputs.items():
         if not isinstance(value, torch.Tensor):
             continue
-        axes = {axis: label for axis, label in ((0, "batch"), (1, "seq"))
-                if value.dim() > axis and value.shape[axis] >= 2}
+        if value.dim() >= 2:
+            axes = {0: "batch", 1: "seq"}
+        elif value.dim() == 1 and value.shape[0] >= 2:
+            axes = {0: "batch"}
+        else:
+            axes = {}
         if axes:
             dims[name] = axes
     return dims

@@ -24,6 +24,7 @@ from ..errors import UnsupportedOpError, UserError, VerifyError
 from ..ir.core import Dim, DType, Graph, TensorType, Value, dim_from_sympy
 from ..ir.verifier import types_match
 from . import hf
+from .loaders import LoadedModel, default_dynamic_dims
 from .aten_table import CONVERSIONS, IDENTITY_OPS, SKIPPED_OPS, SYMBOLIC_OPS
 
 _WRAPPER_PREFIX = "inner."
@@ -370,21 +371,16 @@ def trace(module: torch.nn.Module, example_inputs: dict[str, torch.Tensor], dyna
     return convert(ep, output_names, name=name or type(module).__name__, input_names=list(example_inputs), dim_names=dim_names)
 
 
-def default_dynamic_dims(example_inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
-    """Axis 0 is `batch` and axis 1 is `seq` for every input of enough rank."""
-    dims: dict[str, dict[int, str]] = {}
-    for name, t in example_inputs.items():
-        axes = {}
-        if t.dim() >= 1:
-            axes[0] = "batch"
-        if t.dim() >= 2:
-            axes[1] = "seq"
-        dims[name] = axes
-    return dims
-
-
 def trace_exported(ep: torch.export.ExportedProgram, *, name: str = "main") -> Graph:
     """Convert a loaded `.pt2` program (its dynamic dims are whatever it was exported with)."""
     ep = ep.run_decompositions(decomposition_table())
     n_out = len(ep.graph_signature.user_outputs)
     return convert(ep, [f"output_{i}" for i in range(n_out)] if n_out > 1 else ["output"], name=name)
+
+
+def trace_loaded(loaded: LoadedModel) -> Graph:
+    """Trace whatever `loaders.load_model` returned, with its example inputs and dynamic dims."""
+    name = type(loaded.module).__name__
+    if loaded.exported is not None:
+        name = "ExportedProgram"
+    return trace(loaded.module, loaded.example_inputs, loaded.dynamic_dims, name=name)

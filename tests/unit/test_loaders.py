@@ -54,7 +54,7 @@ def test_hf_folder_round_trip(tmp_path):
     assert list(loaded.example_inputs) == ["input_ids"]
     assert ids.shape == (1, 128) and ids.dtype == torch.int64
     assert 0 <= int(ids.min()) and int(ids.max()) < 64
-    assert loaded.dynamic_dims == {"input_ids": {1: "seq"}}  # batch 1 cannot be dynamic
+    assert loaded.dynamic_dims == {"input_ids": {0: "batch", 1: "seq"}}
     with torch.no_grad():
         expected = original(input_ids=ids, use_cache=False).logits
         actual = loaded.module(**loaded.example_inputs).logits
@@ -153,7 +153,7 @@ def test_factory_from_module_path(tmp_path, monkeypatch):
 
     assert type(loaded.module).__name__ == "TwoInputs" and not loaded.module.training
     assert list(loaded.example_inputs) == ["x", "scale"]
-    assert loaded.dynamic_dims == {"x": {1: "seq"}}  # batch 1 stays static; scale is a scalar
+    assert loaded.dynamic_dims == {"x": {0: "batch", 1: "seq"}}  # scale is a scalar
 
 
 @pytest.mark.parametrize("body, message", [
@@ -263,17 +263,15 @@ def test_input_spec_parse_rejects(text):
 
 def test_default_dynamic_dims_rules():
     examples = {
-        "ids": torch.zeros(1, 128, dtype=torch.int64),   # batch 1: only seq
+        "ids": torch.zeros(1, 128, dtype=torch.int64),   # batch 1 too: the frontend widens it
         "x": torch.zeros(4, 16, 32),                     # batch and seq
         "bias": torch.zeros(8),                          # rank 1: batch only
-        "tall": torch.zeros(3, 1),                       # seq 1: batch only
+        "gain": torch.zeros(1),                          # rank 1, size 1: a scale, static
         "scalar": torch.tensor(1.0),                     # rank 0: nothing
-        "single": torch.zeros(1, 1),                     # nothing dynamic
         "flag": True,                                    # not a tensor
     }
     assert default_dynamic_dims(examples) == {
-        "ids": {1: "seq"},
+        "ids": {0: "batch", 1: "seq"},
         "x": {0: "batch", 1: "seq"},
         "bias": {0: "batch"},
-        "tall": {0: "batch"},
     }
