@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The example pickles its module, whose class lives in examples/: the repo root
+# must be importable to load it, as for any pickled torch module.
 demo: $(STAMP)
 	$(PY) examples/tiny_moe_transformer.py --out examples/build/tiny_moe.pt
-	$(VENV)/bin/t2c inspect examples/build/tiny_moe.pt --trust-model
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/t2c inspect examples/build/tiny_moe.pt --trust-model --after -O1 --format dot -o examples/build/tiny_moe.dot
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/t2c inspect examples/build/tiny_moe.pt --trust-model --after -O1
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests

@@ -1,0 +1,171 @@
+"""The `t2c` command line: inspect, opt, passes.
+
+Exit codes: 0 success; 1 validation failed; 2 bad input or unsupported model,
+with a one-line message that says what to do (`--debug` shows the traceback);
+3 an internal error, which is a bug in t2c.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+import click
+
+from .errors import T2CError, UserError
+
+
+def _read_ir(path: str):
+    from .ir import parse_graph
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}") from e
+    return parse_graph(text)
+
+
+def _load_graph(source: str, trust_model: bool, inputs: tuple[str, ...]):
+    """An IR graph from a `.t2c` file, or traced from any model source the loaders accept."""
+    if source.endswith(".t2c"):
+        return _read_ir(source)
+    from .frontends.loaders import InputSpec, load_model
+    from .frontends.torch_export import trace_loaded
+
+    specs = [InputSpec.parse(t) for t in inputs] or None
+    loaded = load_model(source, trust_model=trust_model, inputs=specs)
+    return trace_loaded(loaded)
+
+
+def _pipeline(text: str):
+    from .passes.manager import Pipeline
+
+    text = text.strip()
+    if text in ("-O0", "-O1", "-O2", "O0", "O1", "O2"):
+        return Pipeline.preset(text.lstrip("-"))
+    return Pipeline.parse(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="t2c")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """t2c: compile transformer models from PyTorch to ONNX and Triton."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--after", "after", default=None, metavar="PIPELINE", help="Run these passes (or -O0/-O1/-O2) first.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "dot"]), default="text", show_default=True)
+@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE]", help="Example input for models that carry none.")
+@click.option("--trust-model", is_flag=True, envvar="T2C_TRUST_MODEL", help="Allow loading files that can run code (.pt pickles, .pt2).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
+def inspect(model: str, after: str | None, fmt: str, inputs: tuple[str, ...], trust_model: bool, output: str | None) -> None:
+    """Show the IR of MODEL (a model source or a .t2c file), optionally after passes."""
+    from .ir import print_graph
+    from .ir.dot import to_dot
+    from .ir.summary import graph_summary
+
+    graph = _load_graph(model, trust_model, inputs)
+    records = []
+    if after:
+        graph, records = _pipeline(after).run(graph, verify_each=True)
+    if fmt == "text":
+        text = print_graph(graph, comments=True)
+    elif fmt == "json":
+        summary = graph_summary(graph)
+        if records:
+            summary["passes"] = [_record_json(r) for r in records]
+        text = json.dumps(summary, indent=2) + "\n"
+    else:
+        text = to_dot(graph)
+    _emit(text, output)
+
+
+def _record_json(r) -> dict:
+    return {"pass": r.name, "options": r.options_str, "changed": r.changed, "stats": r.stats, "seconds": round(r.seconds, 6), "nodes_before": r.node_count_before, "nodes_after": r.node_count_after}
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    tmp = f"{output}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, output)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-p", "--passes", "pipeline", required=True, metavar="PIPELINE", help="e.g. 'cse,fold-shapes,dce' or -O1.")
+@click.option("--verify-each", is_flag=True, help="Verify the IR after every pass.")
+@click.option("--stats", is_flag=True, help="Print per-pass stats and timing to stderr.")
+@click.option("--debug-rewrites", is_flag=True, help="Say on stderr why near-miss rewrites did not apply.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None)
+def opt(file: str, pipeline: str, verify_each: bool, stats: bool, debug_rewrites: bool, output: str | None) -> None:
+    """Run a pipeline on IR text: FILE.t2c in, IR text out."""
+    from .ir import print_graph, verify
+    from .passes import rewrite
+
+    graph = _read_ir(file)
+    verify(graph)
+    with rewrite.collect_near_misses() as near_misses:
+        graph, records = _pipeline(pipeline).run(graph, verify_each=verify_each)
+    verify(graph)
+    if debug_rewrites:
+        for line in near_misses:
+            click.echo(f"near-miss: {line}", err=True)
+    if stats:
+        for r in records:
+            click.echo(f"{r.name:<16} {r.seconds * 1000:8.2f} ms  nodes {r.node_count_before} -> {r.node_count_after}  {r.stats}", err=True)
+    _emit(print_graph(graph), output)
+
+
+@cli.command()
+def passes() -> None:
+    """List every pass with its options and what it does."""
+    from .passes.manager import describe_passes
+
+    click.echo(describe_passes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the CLI, turning t2c errors into one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        cli.main(args=argv, prog_name="t2c", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("t2c: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except T2CError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"t2c: error: {_one_line(str(e))}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - anything else is a bug in t2c, not bad input
+        if debug:
+            raise
+        click.echo(f"t2c: internal error (a bug in t2c): {type(e).__name__}: {_one_line(str(e))[:300]}; rerun with --debug for the traceback", err=True)
+        return 3
+    return 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
