@@ -48,6 +48,9 @@ def verify(graph: Graph) -> None:
             expected = opdef.infer_type(in_types, node.attrs)
         except VerifyError as e:
             raise VerifyError(f"{e}: {where()}") from None
+        except (TypeError, AttributeError, ValueError) as e:
+            # Malformed attrs (a str where a dim belongs, a wrong field type) surface here.
+            raise VerifyError(f"malformed attrs ({type(e).__name__}: {e}): {where()}") from None
         if len(expected) != len(node.outputs) or not all(types_match(e, o.type) for e, o in zip(expected, node.outputs)):
             exp = ", ".join(map(str, expected))
             raise VerifyError(f"result types differ from inferred ({exp}): {where()}")

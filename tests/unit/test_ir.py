@@ -1,0 +1,152 @@
+"""The IR core: types and dims, text round trip, verifier, interpreter checks."""
+
+import math
+
+import pytest
+import torch
+
+from t2c.errors import IRParseError, UserError, VerifyError
+from t2c.ir import DType, Graph, SymDim, TensorType, all_ops, parse_graph, print_graph, run_graph, verify
+from t2c.ir.core import dim, dims_equal, eval_dim
+from t2c.ir.opdefs.creation import ArangeAttrs, FullAttrs
+from t2c.ir.opdefs.moe import MoEAttrs
+from t2c.ir.opdefs.pointwise import ClampAttrs
+from t2c.ir.opdefs.reduction import TopKAttrs
+from t2c.ir.opdefs.shape import ShapeAttrs, SliceAttrs
+
+
+def small_graph():
+    g = Graph("small")
+    x = g.add_input("x", TensorType(DType.F32, (SymDim("batch"), SymDim("seq"), 8)))
+    w = g.add_param("w", torch.randn(4, 8))
+    y = g.add_node("linear", [x, w]).output
+    c = g.add_node("full", [], FullAttrs((), 0.5, DType.F32)).output
+    z = g.add_node("mul", [y, c]).output
+    r = g.add_node("reshape", [z], ShapeAttrs((dim("batch*seq"), 4))).output
+    s = g.add_node("slice", [r], SliceAttrs(0, 1, dim("batch*seq"), 1)).output
+    g.set_output("y", s)
+    return g
+
+
+def test_symbolic_dims_canonicalise_and_evaluate():
+    assert dim("seq*batch") == dim("batch*seq")
+    assert dim("seq+1-1") == SymDim("seq")
+    assert dim("3") == 3
+    assert dims_equal(dim("2*seq"), dim("seq+seq"))
+    assert eval_dim(dim("floor(seq/2)+batch"), {"seq": 7, "batch": 2}) == 5
+
+
+def test_print_parse_round_trip_and_run():
+    g = small_graph()
+    verify(g)
+    text = print_graph(g)
+    assert "%5 = slice(%4) {dim=0, start=1, end=batch*seq, step=1} : f32[batch*seq-1,4]" in text
+    again = parse_graph(text)
+    assert print_graph(again) == text
+    again.params = g.params
+    out = run_graph(again, {"x": torch.randn(2, 3, 8)})["y"]
+    assert out.shape == (5, 4)
+
+
+@pytest.mark.parametrize("value", [0.1, 1e-6, -2.5e30, math.inf, -math.inf, 1.0, 3, True])
+def test_attr_values_round_trip(value):
+    g = Graph("v")
+    x = g.add_input("x", TensorType(DType.F32, (4,)))
+    dtype = DType.BOOL if isinstance(value, bool) else (DType.I64 if isinstance(value, int) else DType.F32)
+    c = g.add_node("full", [], FullAttrs((4,), value, dtype)).output
+    g.set_output("c", c)
+    g.set_output("x", x)
+    again = parse_graph(print_graph(g))
+    got = again.nodes[0].attrs.value
+    assert got == value and type(got) is type(value)
+
+
+def test_nan_and_optional_attrs_round_trip():
+    g = Graph("v")
+    x = g.add_input("x", TensorType(DType.F32, (4,)))
+    y = g.add_node("clamp", [x], ClampAttrs(None, math.nan)).output
+    g.set_output("y", y)
+    again = parse_graph(print_graph(g))
+    assert again.nodes[0].attrs.min is None and math.isnan(again.nodes[0].attrs.max)
+
+
+def test_string_attrs_with_quotes_round_trip():
+    g = Graph("v")
+    x = g.add_input("x", TensorType(DType.F32, (3, 8)))
+    r = g.add_param("r", torch.randn(4, 8))
+    gu = g.add_param("gu", torch.randn(4, 12, 8))
+    d = g.add_param("d", torch.randn(4, 8, 6))
+    y = g.add_node("moe", [x, r, gu, d], MoEAttrs(2, True, "silu", "dense")).output
+    g.set_output('odd "name", really', y)
+    verify(g)
+    assert print_graph(parse_graph(print_graph(g))) == print_graph(g)
+
+
+def test_multi_output_nodes_round_trip():
+    g = Graph("t")
+    x = g.add_input("x", TensorType(DType.F32, (SymDim("batch"), 10)))
+    v, i = g.add_node("topk", [x], TopKAttrs(3, -1, True, True)).outputs
+    g.set_output("values", v)
+    g.set_output("indices", i)
+    text = print_graph(g)
+    assert "%1, %2 = topk(%0)" in text and ": f32[batch,3], i64[batch,3]" in text
+    assert print_graph(parse_graph(text)) == text
+
+
+def test_verifier_rejects_wrong_result_type():
+    g = small_graph()
+    g.nodes[0].outputs[0].type = TensorType(DType.F32, (SymDim("batch"), SymDim("seq"), 5))
+    with pytest.raises(VerifyError, match="inferred"):
+        verify(g)
+
+
+def test_verifier_rejects_use_before_definition():
+    g = small_graph()
+    g.nodes[0], g.nodes[2] = g.nodes[2], g.nodes[0]
+    with pytest.raises(VerifyError, match="before it is defined"):
+        verify(g)
+
+
+def test_verifier_rejects_malformed_attrs():
+    g = small_graph()
+    g.nodes[3].attrs = ShapeAttrs(("batch*seq", 4))  # a str where a dim belongs
+    with pytest.raises(VerifyError, match="malformed attrs"):
+        verify(g)
+    g = small_graph()
+    g.nodes[3].attrs = ShapeAttrs((dim("batch*seq"), 5))
+    with pytest.raises(VerifyError, match="element count"):
+        verify(g)
+
+
+def test_parser_errors_name_the_line():
+    with pytest.raises(IRParseError, match="line 3"):
+        parse_graph('graph g\ninput %0 "x" : f32[4]\n%1 = nosuchop(%0) : f32[4]\noutput "y" = %1\n')
+    with pytest.raises(IRParseError, match="line 2"):
+        parse_graph('graph g\n%1 = neg(%0) : f32[4]\n')
+    with pytest.raises(IRParseError, match="first line"):
+        parse_graph("# only a comment\n")
+
+
+def test_interpreter_checks_input_shapes():
+    g = small_graph()
+    with pytest.raises(UserError, match="shape|rank"):
+        run_graph(g, {"x": torch.randn(2, 3, 7)})
+    with pytest.raises(UserError, match="missing inputs"):
+        run_graph(g, {})
+
+
+def test_interpreter_catches_a_wrong_type_claim():
+    g = Graph("t")
+    g.add_node("arange", [], ArangeAttrs(0, SymDim("seq"), 1, DType.I64))
+    x = g.add_input("x", TensorType(DType.F32, (SymDim("seq"),)))
+    g.nodes[0].outputs[0].type = TensorType(DType.I64, (dim("seq+1"),))
+    g.set_output("r", g.nodes[0].outputs[0])
+    g.set_output("x", x)
+    with pytest.raises(VerifyError, match="produced"):
+        run_graph(g, {"x": torch.randn(5)})
+
+
+def test_every_op_documents_itself():
+    ops = all_ops()
+    assert {"linear", "sdpa", "moe", "layer_norm", "rms_norm", "embedding", "softmax", "gelu", "silu"} <= set(ops)
+    assert all(op.doc for op in ops.values())
