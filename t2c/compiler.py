@@ -1,0 +1,235 @@
+"""The main job, top to bottom: trace, run passes, lower, validate, write the folder.
+
+    trace     the loaded module becomes an IR graph (dynamic batch/seq unless static)
+    passes    one pass at a time, each result checked against eager (its drift)
+    lower     the final IR becomes the artifact (ONNX today)
+    validate  the artifact against the IR interpreter, at two shapes
+    write     model.onnx, model.t2c, report.json, report.html appear in OUT at once
+
+Nothing is written to OUT unless every step succeeded: the files are made in a
+temporary folder beside OUT and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from . import __version__
+from .errors import UserError, ValidationError
+from .frontends.loaders import LoadedModel
+from .frontends.torch_export import flatten_outputs, trace
+from .ir import Graph, print_graph, run_graph, verify
+from .passes.manager import Pipeline
+from .validate import OutputComparison, compare_all, other_shape_inputs, shape_label, worst
+
+TARGETS = ("onnx",)
+FLAVORS = ("standard", "ort")
+
+
+@dataclass
+class CompileOptions:
+    """What `t2c compile` was asked to do."""
+
+    pipeline: Pipeline = field(default_factory=lambda: Pipeline.preset("O1"))
+    target: str = "onnx"
+    flavor: str = "standard"
+    opset: int = 23
+    static: bool = False
+    validate: bool = True
+    max_drift: float | None = None
+
+    def check(self) -> None:
+        if self.target not in TARGETS:
+            raise UserError(f"target {self.target!r} is not available yet; choose one of {', '.join(TARGETS)}")
+        if self.flavor not in FLAVORS:
+            raise UserError(f"flavor {self.flavor!r} is unknown; choose one of {', '.join(FLAVORS)}")
+        if self.opset < 23:
+            raise UserError(f"opset {self.opset} is too old: t2c emits opset 23 or newer (--opset 23)")
+
+
+@dataclass
+class CompileResult:
+    """What a compile produced: the folder, the final IR and the report."""
+
+    out_dir: str
+    graph: Graph
+    report: dict
+
+
+Progress = Callable[[str, str], None]  # (stage, message)
+
+
+def _quiet(stage: str, message: str) -> None:
+    return None
+
+
+@contextmanager
+def _stage(report: dict, name: str, progress: Progress) -> Iterator[None]:
+    progress(name, "start")
+    t0 = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - t0
+    report["timings"][name] = round(seconds, 4)
+    progress(name, f"done in {seconds:.2f}s")
+
+
+def eager_outputs(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        names, values = flatten_outputs(module(**inputs))
+    return dict(zip(names, values))
+
+
+def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *, progress: Progress = _quiet) -> CompileResult:
+    """Compile a loaded model into `out_dir`; raises ValidationError (exit 1) or UserError (exit 2)."""
+    options.check()
+    report: dict[str, Any] = {
+        "t2c_version": __version__, "model": loaded.source, "target": options.target, "flavor": options.flavor,
+        "opset": options.opset, "pipeline": str(options.pipeline), "static": options.static, "timings": {},
+    }
+    module = loaded.module.eval()
+    examples = dict(loaded.example_inputs)
+
+    with _stage(report, "trace", progress):
+        dynamic = {} if options.static else loaded.dynamic_dims
+        graph = trace(module, examples, dynamic, name=type(module).__name__)
+        verify(graph)
+    report["op_counts"] = {"traced": graph.op_counts()}
+    report["node_count"] = {"traced": len(graph.nodes)}
+
+    shapes = [examples]
+    if options.validate:
+        shapes.append(other_shape_inputs(graph, examples))
+    eager = [eager_outputs(module, inp) for inp in shapes] if options.validate else []
+
+    with _stage(report, "passes", progress):
+        graph, report["passes"] = _run_passes(graph, options, shapes, eager, progress)
+    report["op_counts"]["final"] = graph.op_counts()
+    report["node_count"]["final"] = len(graph.nodes)
+
+    with _stage(report, "lower", progress):
+        artifact = _lower(graph, options)
+
+    tmp = tempfile.mkdtemp(prefix=".t2c-", dir=_parent(out_dir))
+    try:
+        with _stage(report, "write", progress):
+            _write_artifact(artifact, graph, tmp, options)
+        if options.validate:
+            with _stage(report, "validate", progress):
+                report["validation"] = _validate_artifact(tmp, graph, shapes, options, report["passes"])
+        else:
+            report["validation"] = {"ok": None, "skipped": True}
+        _write_reports(report, tmp)
+        validation = report["validation"]
+        if options.validate and not validation["ok"]:
+            raise ValidationError(validation["summary"])
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return CompileResult(out_dir, graph, report)
+
+
+def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: Progress):
+    """Run the pipeline pass by pass; after each, the IR is compared with eager (its drift)."""
+    records = []
+    for p in options.pipeline.passes:
+        graph, (record,) = Pipeline((p,)).run(graph, verify_each=True)
+        entry = {
+            "pass": record.name, "options": record.options_str, "exact": type(p).exact, "changed": record.changed,
+            "stats": record.stats, "seconds": round(record.seconds, 6),
+            "nodes_before": record.node_count_before, "nodes_after": record.node_count_after,
+        }
+        if eager:
+            entry["vs_eager"] = [
+                {"shape": shape_label(inp), "outputs": [c.as_json() for c in compare_all(run_graph(graph, inp), want)]}
+                for inp, want in zip(shapes, eager)
+            ]
+        records.append(entry)
+        progress("passes", f"{record.name}: {record.node_count_before} -> {record.node_count_after} nodes")
+    return graph, records
+
+
+def _lower(graph: Graph, options: CompileOptions):
+    from .backends.onnx import lower
+
+    return lower(graph, opset=options.opset, flavor=options.flavor, static=options.static)
+
+
+def _write_artifact(artifact, graph: Graph, folder: str, options: CompileOptions) -> None:
+    from .backends.onnx import save
+
+    save(artifact, folder)
+    with open(os.path.join(folder, "model.t2c"), "w", encoding="utf-8") as f:
+        f.write(print_graph(graph))
+
+
+def _validate_artifact(folder: str, graph: Graph, shapes, options: CompileOptions, pass_records) -> dict:
+    """Artifact vs interpreter at every shape, plus the exactness of exact passes vs eager."""
+    from .runtime import OnnxSession
+
+    session = OnnxSession(os.path.join(folder, "model.onnx"))
+    checks = []
+    all_comparisons: list[OutputComparison] = []
+    for inp in shapes:
+        comparisons = compare_all(session(**inp), run_graph(graph, inp))
+        all_comparisons += comparisons
+        checks.append({"shape": shape_label(inp), "outputs": [c.as_json() for c in comparisons]})
+    ok = all(c.ok for c in all_comparisons)
+    summary = "ok"
+    bad = worst(all_comparisons)
+    if bad is not None:
+        summary = f"the {options.target} artifact differs from the IR: output {bad.name!r} max abs error {bad.max_abs:.3g} > atol {bad.atol:g} (rtol {bad.rtol:g})"
+    drift_ok, drift_summary = _judge_drift(pass_records, options.max_drift)
+    if ok and not drift_ok:
+        summary = drift_summary
+    return {"ok": ok and drift_ok, "summary": summary, "artifact_vs_ir": checks, "max_drift": options.max_drift}
+
+
+def _judge_drift(pass_records, max_drift: float | None) -> tuple[bool, str]:
+    """Exact passes must stay within tolerance of eager; approximate ones within --max-drift."""
+    for rec in pass_records:
+        for check in rec.get("vs_eager", []):
+            for out in check["outputs"]:
+                if rec["exact"] and not out["ok"]:
+                    return False, f"exact pass {rec['pass']!r} changed output {out['name']!r} by {out['max_abs']:.3g} (> atol {out['atol']:g}) at {check['shape']}"
+                if not rec["exact"] and max_drift is not None and float(out["max_abs"]) > max_drift:
+                    return False, f"pass {rec['pass']!r} drifts output {out['name']!r} by {out['max_abs']:.3g} > --max-drift {max_drift:g}"
+    return True, "ok"
+
+
+def _write_reports(report: dict, folder: str) -> None:
+    from .report_html import render_html
+
+    with open(os.path.join(folder, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(folder, "report.html"), "w", encoding="utf-8") as f:
+        f.write(render_html(report))
+
+
+def _parent(out_dir: str) -> str:
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    return parent
+
+
+def _replace_dir(tmp: str, out_dir: str) -> None:
+    """Move the finished folder into place; an existing OUT is replaced only now."""
+    final = os.path.abspath(out_dir)
+    if os.path.exists(final):
+        if not os.path.isdir(final):
+            raise UserError(f"{out_dir} exists and is not a folder; choose another -o")
+        old = final + f".old-{os.getpid()}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)

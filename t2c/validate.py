@@ -1,0 +1,127 @@
+"""Validation: compare outputs, apply the tolerance policy, build the report.
+
+Two comparisons on the same inputs, at the traced shape and at another
+batch/sequence shape (DESIGN §7):
+  * the artifact against the IR interpreter after all passes (must agree to
+    the dtype's tolerance), and
+  * the IR after each pass against the eager model (the drift that pass causes;
+    exact passes must stay within tolerance, approximate ones are measured and
+    judged only against the user's `--max-drift`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import torch
+
+from .ir.core import Graph, SymDim
+
+# DESIGN §7: fp32 exact passes atol 1e-4 / rtol 1e-4; fp16/bf16 atol 1e-2 / rtol 1.6e-2.
+TOLERANCES = {
+    torch.float64: (1e-4, 1e-4),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1.6e-2),
+    torch.bfloat16: (1e-2, 1.6e-2),
+}
+
+
+@dataclass
+class OutputComparison:
+    """How one output of a candidate compares with its reference."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    cosine: float
+    atol: float
+    rtol: float
+    ok: bool
+
+    def as_json(self) -> dict:
+        return {k: _finite(v) for k, v in asdict(self).items()}
+
+
+def _finite(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def tolerance_for(dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol) for outputs of this dtype; integers and bools must match exactly."""
+    return TOLERANCES.get(dtype, (0.0, 0.0))
+
+
+def compare(name: str, got: torch.Tensor, want: torch.Tensor, tolerance: tuple[float, float] | None = None) -> OutputComparison:
+    """Compare one output. Shapes must match; NaN where the reference is not NaN fails."""
+    atol, rtol = tolerance or tolerance_for(want.dtype)
+    if tuple(got.shape) != tuple(want.shape):
+        return OutputComparison(name, math.inf, math.inf, 0.0, atol, rtol, False)
+    g = got.detach().to(torch.float64).reshape(-1)
+    w = want.detach().to(torch.float64).reshape(-1)
+    if g.numel() == 0:
+        return OutputComparison(name, 0.0, 0.0, 1.0, atol, rtol, True)
+    both_nan = torch.isnan(g) & torch.isnan(w)
+    diff = torch.where(both_nan, torch.zeros_like(g), (g - w).abs())
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+    max_abs = float(diff.max())
+    max_rel = float((diff / w.abs().clamp_min(max(atol, 1e-12))).max())
+    gn, wn = torch.nan_to_num(g), torch.nan_to_num(w)
+    denom = float(gn.norm() * wn.norm())
+    cosine = float(gn @ wn) / denom if denom > 0 else (1.0 if float(gn.norm()) == float(wn.norm()) else 0.0)
+    ok = bool((diff <= atol + rtol * w.abs().nan_to_num(0.0)).all())
+    return OutputComparison(name, max_abs, max_rel, cosine, atol, rtol, ok)
+
+
+def compare_all(got: Mapping[str, torch.Tensor], want: Mapping[str, torch.Tensor]) -> list[OutputComparison]:
+    """Compare every reference output; a missing output is a failure."""
+    out = []
+    for name, w in want.items():
+        if name not in got:
+            out.append(OutputComparison(name, math.inf, math.inf, 0.0, *tolerance_for(w.dtype), False))
+        else:
+            out.append(compare(name, got[name], w))
+    return out
+
+
+def worst(comparisons: list[OutputComparison]) -> OutputComparison | None:
+    """The failing output with the largest error relative to its tolerance."""
+    failing = [c for c in comparisons if not c.ok]
+    if not failing:
+        return None
+    return max(failing, key=lambda c: c.max_abs / max(c.atol, 1e-12) if math.isfinite(c.max_abs) else math.inf)
+
+
+def other_shape_inputs(graph: Graph, examples: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Inputs at a second shape: every dynamic dim grows (batch+1, seq*1.5+1, not a round number).
+
+    Values are drawn like the examples': integers from the example's own range
+    (so token ids stay valid ids and masks stay 0/1), floats with its mean/std.
+    """
+    sizes: dict[str, int] = {}
+    for v in graph.inputs:
+        ex = examples[v.name]
+        for d, n in zip(v.type.shape, ex.shape):
+            if isinstance(d, SymDim) and d.expr in d.symbols:
+                sizes.setdefault(d.expr, n + 1 if d.expr == "batch" else n + n // 2 + 1)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for v in graph.inputs:
+        ex = examples[v.name]
+        shape = v.type.concrete_shape({**{s: n for s, n in sizes.items()}})
+        if ex.dtype == torch.bool:
+            out[v.name] = torch.randint(0, 2, shape, generator=g).bool()
+        elif not ex.dtype.is_floating_point:
+            lo, hi = int(ex.min()), int(ex.max())
+            out[v.name] = torch.randint(lo, hi + 1, shape, generator=g, dtype=ex.dtype)
+        else:
+            mean, std = float(ex.float().mean()), float(ex.float().std()) if ex.numel() > 1 else 1.0
+            out[v.name] = (torch.randn(shape, generator=g) * std + mean).to(ex.dtype)
+    return out
+
+
+def shape_label(inputs: Mapping[str, torch.Tensor]) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, t.shape))}" for k, t in inputs.items())
