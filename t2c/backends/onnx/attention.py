@@ -49,7 +49,10 @@ def _explicit(ctx, node):
         scores = _add_mask(ctx, scores, _causal(ctx, q_t.shape[-2], k_t.shape[-2]), DType.BOOL, dt)
     if len(node.inputs) > 3:
         scores = _add_mask(ctx, scores, arg(ctx, node, 3), node.inputs[3].type.dtype, dt)
-    return ctx.emit("MatMul", [ctx.emit("Softmax", [scores], axis=-1), v])
+    probs = ctx.emit("Softmax", [scores], axis=-1)
+    # A fully masked row softmaxes to NaN; torch (and ONNX Attention) give zeros there.
+    probs = ctx.emit("Where", [ctx.emit("IsNaN", [probs]), ctx.const(0.0, dt), probs])
+    return ctx.emit("MatMul", [probs, v])
 
 
 def _add_mask(ctx, scores, mask, mask_dtype, dt):

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 from ...errors import T2CError
 from ...ir.core import Dim, DType, Graph, SymDim, Value
+from ...ir.core import dim as as_dim
 
 ONNX_DTYPE = {
     DType.F64: TensorProto.DOUBLE,
@@ -78,12 +79,15 @@ class Context:
         if id(v) in self._names:
             return self._names[id(v)]
         if self.graph.is_param(v):
+            if v.name not in self.graph.params:
+                raise LoweringError(f"param @{v.name} has no data (graphs parsed from text carry types only)")
             self.add_initializer(v.name, self.graph.params[v.name])
             self._names[id(v)] = v.name
             return v.name
         raise LoweringError(f"value {v!r} is used before the node that makes it was lowered")
 
     def bind(self, v: Value, name: str) -> None:
+        """Record that IR value `v` is the ONNX tensor `name`."""
         self._names[id(v)] = name
 
     def param_tensor(self, v: Value) -> torch.Tensor | None:
@@ -93,6 +97,7 @@ class Context:
         return None
 
     def add_initializer(self, name: str, t: torch.Tensor) -> str:
+        """Add `t` as initializer `name` (once); returns the name."""
         if name not in self.initializers:
             self._used.add(name)
             self.initializers[name] = tensor_proto(name, t)
@@ -127,12 +132,14 @@ class Context:
     # -- dims -------------------------------------------------------------------------
     def dim(self, d: Dim) -> str:
         """`d` as a 0-d int64 tensor."""
+        d = as_dim(d)
         if isinstance(d, int):
             return self.const(d, DType.I64)
         return self.emit("Squeeze", [self.dim1(d), self.ints([0])])
 
     def shape(self, dims: Sequence[Dim]) -> str:
         """`dims` as a 1-D int64 tensor (a constant when every dim is an int)."""
+        dims = [as_dim(d) for d in dims]
         if all(isinstance(d, int) for d in dims):
             return self.ints(list(dims))
         if len(dims) == 1:
@@ -141,6 +148,7 @@ class Context:
 
     def dim1(self, d: Dim) -> str:
         """`d` as a 1-D int64 tensor of one element; symbolic dims computed once per expression."""
+        d = as_dim(d)  # attrs built by hand may hold "seq" instead of SymDim("seq")
         if isinstance(d, int):
             return self.ints([d])
         return self._expr(d.sympy)

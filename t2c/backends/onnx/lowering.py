@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from ...ir.core import DType, Node, dim_prod, dims_equal
-from ...ir.opdefs._infer import norm_axis
+from ...ir.opdefs._infer import broadcast_shapes, norm_axis, promote
 from .context import ONNX_DTYPE, Context, LoweringError
 
 LowerFn = Callable[[Context, Node], list]
@@ -41,10 +41,12 @@ def arg(ctx: Context, node: Node, i: int, dtype: DType | None = None) -> str:
 
 
 def out_dtype(node: Node, i: int = 0) -> DType:
+    """The dtype of output i of `node`."""
     return node.outputs[i].type.dtype
 
 
 def rank(node: Node, i: int = 0) -> int:
+    """The rank of operand i of `node`."""
     return node.inputs[i].type.rank
 
 
@@ -178,8 +180,6 @@ _COMPARE = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "
 
 @lowers("eq", "ne", "lt", "le", "gt", "ge")
 def _compare(ctx, node):
-    from ...ir.opdefs._infer import promote
-
     dt = promote(node.inputs[0].type, node.inputs[1].type)
     if dt == DType.BOOL and node.op not in ("eq", "ne"):
         dt = DType.I32  # ONNX orders numbers only; False < True as 0 < 1
@@ -371,8 +371,6 @@ def _scatter(ctx, node):
 
 @lowers("index")
 def _index(ctx, node):
-    from ...ir.opdefs._infer import broadcast_shapes
-
     x_t = node.inputs[0].type
     dims = list(node.attrs.dims)
     idx = [_wrap_negative(ctx, arg(ctx, node, i + 1, DType.I64), x_t.shape[d]) for i, d in enumerate(dims)]
@@ -510,15 +508,11 @@ def check_complete() -> list[str]:
     """IR ops that have no ONNX lowering (empty when the table is complete)."""
     from ...ir import all_ops
 
-    from . import attention, moe  # noqa: F401  (register their lowerings)
-
     return sorted(set(all_ops()) - set(LOWERINGS))
 
 
 def lower_node(ctx: Context, node: Node) -> list:
     """Lower one node through the table; the result names one ONNX tensor per IR output."""
-    from . import attention, moe  # noqa: F401
-
     try:
         fn = LOWERINGS[node.op]
     except KeyError:

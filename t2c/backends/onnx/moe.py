@@ -10,7 +10,6 @@ MatMuls over the stacked weights, pre-transposed into initializers
 from __future__ import annotations
 
 from ...ir.core import DType, dim_prod
-from .context import ONNX_DTYPE
 from .lowering import arg, lowers, out_dtype, transposed_weight
 
 
@@ -36,7 +35,7 @@ def _moe(ctx, node):
     weights, experts = ctx.emit("TopK", [probs, ctx.ints([a.top_k])], 2, axis=-1, largest=1, sorted=1)
     if a.norm_topk_prob:
         weights = ctx.emit("Div", [weights, ctx.emit("ReduceSum", [weights, ctx.ints([-1])], keepdims=1)])
-    zeros = ctx.emit("ConstantOfShape", [ctx.shape([tokens, n_experts])])  # f32 zeros
+    zeros = ctx.emit("ConstantOfShape", [ctx.shape([tokens, n_experts])])  # ConstantOfShape defaults to f32 zeros: the routing dtype
     dense = ctx.emit("ScatterElements", [zeros, experts, weights], axis=1)  # [T, E]
 
     gate_up = ctx.emit("MatMul", [ctx.emit("Unsqueeze", [h, ctx.ints([0])]), transposed_weight(ctx, node, 2, [0, 2, 1])])
@@ -49,5 +48,3 @@ def _moe(ctx, node):
     out = ctx.cast(ctx.emit("ReduceSum", [weighted, ctx.ints([0])], keepdims=0), DType.F32, dt)
     return [ctx.emit("Reshape", [out, ctx.shape(list(x_t.shape))], allowzero=1)]
 
-
-_ = ONNX_DTYPE  # dtypes of ConstantOfShape default to f32, the routing dtype

@@ -1,0 +1,72 @@
+"""Assemble the ONNX model: opset import, IR version, typed inputs/outputs, checks."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from ...errors import UserError
+from ...ir.core import Graph, SymDim, TensorType
+from .context import ONNX_DTYPE, Context, LoweringError
+from .flavors import get_flavor
+from .lowering import lower_node
+
+MIN_OPSET = 23  # Attention, RMSNormalization, Gelu with approximate
+
+
+def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
+    """A typed graph input/output; bare symbols become dim_params, other symbolic dims stay unnamed."""
+    shape = []
+    for d in t.shape:
+        if isinstance(d, int):
+            shape.append(d)
+        elif isinstance(d, SymDim) and d.expr in d.symbols:
+            shape.append(d.expr)
+        else:
+            shape.append(None)
+    return helper.make_tensor_value_info(name, ONNX_DTYPE[t.dtype], shape)
+
+
+def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard", static: bool = False) -> onnx.ModelProto:
+    """Lower every node of `graph` and wrap the result in a checked ModelProto."""
+    fl = get_flavor(flavor)
+    if not isinstance(opset, int) or opset < MIN_OPSET:
+        raise UserError(f"the ONNX backend needs opset {MIN_OPSET} or newer, got {opset}")
+    if opset > onnx.defs.onnx_opset_version():
+        raise UserError(f"opset {opset} is newer than this onnx package knows ({onnx.defs.onnx_opset_version()})")
+    if static:
+        dynamic = [f"{v.name}: {v.type}" for v in graph.inputs if not v.type.is_static]
+        if dynamic:
+            raise UserError(f"static=True needs static input shapes; trace with static shapes ({', '.join(dynamic)})")
+
+    ctx = Context(graph, opset)
+    for node in graph.nodes:
+        ctx.current_op = node.op
+        for v, name in zip(node.outputs, lower_node(ctx, node)):
+            ctx.bind(v, name)
+    ctx.current_op = "output"
+    # Identity per output: an output may be an input, a param or listed twice.
+    for name, v in graph.outputs:
+        ctx.nodes.append(helper.make_node("Identity", [ctx.name(v)], [name], name=ctx.fresh("output/Identity")))
+
+    onnx_graph = helper.make_graph(
+        ctx.nodes,
+        graph.name,
+        [value_info(v.name, v.type) for v in graph.inputs],
+        [value_info(name, v.type) for name, v in graph.outputs],
+        initializer=list(ctx.initializers.values()),
+    )
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, ver) for d, ver in fl.extra_domains]
+    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="t2c")
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    check(model)
+    return model
+
+
+def check(model: onnx.ModelProto) -> None:
+    """onnx.checker (full) and strict shape inference; a failure names the ONNX node and its IR op."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise LoweringError(f"the lowered ONNX model fails its checks (node names read <IR op>/<ONNX op>): {e}") from e
