@@ -19,8 +19,8 @@ install: $(STAMP)
 # must be importable to load it, as for any pickled torch module.
 demo: $(STAMP)
 	$(PY) examples/tiny_moe_transformer.py --out examples/build/tiny_moe.pt
-	PYTHONPATH=$(CURDIR) $(VENV)/bin/t2c inspect examples/build/tiny_moe.pt --trust-model --after -O1 --format dot -o examples/build/tiny_moe.dot
-	PYTHONPATH=$(CURDIR) $(VENV)/bin/t2c inspect examples/build/tiny_moe.pt --trust-model --after -O1
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/t2c compile examples/build/tiny_moe.pt --trust-model -O1 -o examples/build/tiny_moe
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/t2c inspect examples/build/tiny_moe/model.t2c --format dot -o examples/build/tiny_moe.dot
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests

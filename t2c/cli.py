@@ -104,7 +104,7 @@ def compile(model, out_dir, target, level, pipeline, inputs, static, flavor, ops
     loaded = load_model(model, trust_model=trust_model, inputs=specs)
     display = _StageDisplay(sys.stderr.isatty())
     result = compile_loaded(loaded, options, out_dir, progress=display)
-    click.echo(summary_line(result.report, out_dir))
+    click.echo(summary_lines(result.report, out_dir))
 
 
 def _default_out(model: str) -> str:
@@ -112,16 +112,26 @@ def _default_out(model: str) -> str:
     return os.path.splitext(base)[0] + ".t2c.out"
 
 
-def summary_line(report: dict, out_dir: str) -> str:
-    """One line for the terminal: where the artifact is and how validation went."""
-    v = report["validation"]
+def summary_lines(report: dict, out_dir: str) -> str:
+    """What a compile did, in a few lines: artifact, passes, validation, where the report is."""
     nodes = report["node_count"]
+    lines = [f"wrote {os.path.join(out_dir, 'model.onnx')} (opset {report['opset']}, {report['flavor']}): {nodes['traced']} -> {nodes['final']} IR nodes"]
+    if report["passes"]:
+        lines.append("  passes: " + ", ".join(f"{p['pass']} {p['nodes_before']}->{p['nodes_after']}" for p in report["passes"]))
+    v = report["validation"]
     if v.get("ok") is None:
-        status = "not validated (--no-validate)"
+        lines.append("  validation: skipped (--no-validate)")
     else:
-        errs = [float(o["max_abs"]) for c in v["artifact_vs_ir"] for o in c["outputs"]]
-        status = f"validated at {len(v['artifact_vs_ir'])} shapes, max abs error {max(errs, default=0.0):.2g}"
-    return f"wrote {out_dir}/model.onnx: {nodes['traced']} -> {nodes['final']} IR nodes, {status}"
+        shapes = ", ".join(c["shape"] for c in v["artifact_vs_ir"])
+        outputs: dict[str, tuple[float, float]] = {}
+        for c in v["artifact_vs_ir"]:
+            for o in c["outputs"]:
+                prev = outputs.get(o["name"], (0.0, o["atol"]))
+                outputs[o["name"]] = (max(prev[0], float(o["max_abs"])), o["atol"])
+        errs = ", ".join(f"{n} max abs {e:.2g} (atol {a:g})" for n, (e, a) in outputs.items())
+        lines.append(f"  validation {'OK' if v['ok'] else 'FAILED'} at {shapes}: {errs}")
+    lines.append(f"  report: {os.path.join(out_dir, 'report.html')}")
+    return "\n".join(lines)
 
 
 @cli.command()
