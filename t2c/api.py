@@ -36,17 +36,6 @@ class CompiledModel:
         return f"CompiledModel({self.out_dir!r}, validation ok={self.ok})"
 
 
-def _pipeline(passes: str | Pipeline | None) -> Pipeline:
-    if passes is None:
-        return Pipeline.preset("O1")
-    if isinstance(passes, Pipeline):
-        return passes
-    text = passes.strip()
-    if text.lstrip("-") in ("O0", "O1", "O2"):
-        return Pipeline.preset(text.lstrip("-"))
-    return Pipeline.parse(text)
-
-
 def compile(
     model: torch.nn.Module,
     example_inputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
@@ -70,7 +59,7 @@ def compile(
     from .compiler import CompileOptions, compile_loaded
     examples = dict(example_inputs) if isinstance(example_inputs, Mapping) else name_examples(model, tuple(example_inputs), "example_inputs")
     loaded = LoadedModel(model.eval(), examples, dynamic_dims if dynamic_dims is not None else default_dynamic_dims(examples), source=type(model).__name__, kind="module")
-    options = CompileOptions(pipeline=_pipeline(passes), target=target, flavor=flavor, opset=opset, static=static, validate=validate, max_drift=max_drift)
+    options = CompileOptions(pipeline=Pipeline.from_spec(passes), target=target, flavor=flavor, opset=opset, static=static, validate=validate, max_drift=max_drift)
     out_dir = out or tempfile.mkdtemp(prefix="t2c-")
     result = compile_loaded(loaded, options, out_dir)
     return CompiledModel(out_dir, result.report, result.graph)

@@ -43,10 +43,7 @@ def _load_graph(source: str, trust_model: bool, inputs: tuple[str, ...]):
 def _pipeline(text: str):
     from .passes.manager import Pipeline
 
-    text = text.strip()
-    if text in ("-O0", "-O1", "-O2", "O0", "O1", "O2"):
-        return Pipeline.preset(text.lstrip("-"))
-    return Pipeline.parse(text)
+    return Pipeline.from_spec(text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -179,6 +179,18 @@ class Pipeline:
         return cls(tuple(_parse_item(item, text) for item in split_top(text)))
 
     @classmethod
+    def from_spec(cls, spec: "str | Pipeline | None") -> "Pipeline":
+        """A preset name (`-O1`, `O2`) or a pipeline string; None means -O1 (the CLI's default)."""
+        if spec is None:
+            return cls.preset("O1")
+        if isinstance(spec, Pipeline):
+            return spec
+        text = spec.strip()
+        if text.lstrip("-") in PRESETS:
+            return cls.preset(text)
+        return cls.parse(text)
+
+    @classmethod
     def preset(cls, level: str | int) -> "Pipeline":
         """The pipeline of a preset: `"O0"`, `"-O1"`, `"2"` or `2` all work."""
         key = str(level).lstrip("-")
