@@ -100,19 +100,36 @@ def export(module: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_d
     output_names: list[str] = []
     wrapper = NamedOutputs(module, list(examples), output_names).eval()
     examples = _dynamic_examples(examples, dynamic_dims)
-    # Positional, in the order of `examples`; *inputs is one (tuple) argument to torch.export.
-    dynamic_shapes = tuple({axis: torch.export.Dim.AUTO for axis in dynamic_dims.get(name, {})} or None for name in examples)
     with hf.prepared_for_tracing(module), torch.no_grad(), warnings.catch_warnings():
         # torch.export's own internals warn about its pytree API; that is not the user's business.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         try:
-            ep = torch.export.export(wrapper, tuple(examples.values()), dynamic_shapes=(dynamic_shapes,), strict=False)
+            # One named Dim per label, so inputs that share `seq` share one symbol. If the
+            # model constrains a dim (a position table of 512, say), named Dims are refused;
+            # Dim.AUTO then lets torch.export keep what it can dynamic.
+            try:
+                ep = _export(wrapper, examples, dynamic_dims, named=True)
+            except torch._dynamo.exc.UserError:  # type: ignore[attr-defined]
+                ep = _export(wrapper, examples, dynamic_dims, named=False)
         except torch._dynamo.exc.UserError as e:  # type: ignore[attr-defined]
             raise UserError(f"torch.export could not trace the model: {_first_line(e)}") from e
         except Exception as e:  # noqa: BLE001 - surface the first line, keep the cause for --debug
             raise UserError(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
         ep = ep.run_decompositions(decomposition_table())
     return ep, output_names
+
+
+def _export(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]], *, named: bool):
+    dims: dict[str, Any] = {}
+
+    def spec(label: str):
+        if not named:
+            return torch.export.Dim.AUTO
+        return dims.setdefault(label, torch.export.Dim(label))
+
+    # Positional, in the order of `examples`; *inputs is one (tuple) argument to torch.export.
+    shapes = tuple({axis: spec(label) for axis, label in dynamic_dims.get(name, {}).items()} or None for name in examples)
+    return torch.export.export(wrapper, tuple(examples.values()), dynamic_shapes=(shapes,), strict=False)
 
 
 def _first_line(e: BaseException) -> str:

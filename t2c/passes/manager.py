@@ -35,12 +35,13 @@ OPTION_TYPES = (int, float, bool, str)
 # default options. Approximate passes (window, linear attention) are never in a
 # preset: the user names them.
 _CLEANUP = ("fold-shapes", "cse", "dce")  # fold first: it leaves duplicate constants for cse and dead nodes for dce
+# Every exact pass: cleanup first (tidier matches), lifting, then dce for what lifting left dead.
+_EXACT = ("fold-shapes", "cse", "lift-attention", "dce")
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": _CLEANUP,
-    # all exact passes (lifting and fusion join here as they land), then cleanup
-    "O1": _CLEANUP,
+    "O1": _EXACT,  # fusion passes join here as they land
     # -O1 plus int8 weight-only quantisation once it exists
-    "O2": _CLEANUP,
+    "O2": _EXACT,
 }
 
 
@@ -71,12 +72,14 @@ class Pass:
 
     Class attributes: `name` (set by `register_pass`), `exact` (does the pass keep
     the function exactly), `after` (passes that must come earlier in a pipeline
-    when both are in it).
+    when both are in it), `option_aliases` (pipeline spelling -> field name, for
+    options whose natural name is a Python keyword, e.g. `{"global": "global_tokens"}`).
     """
 
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = True
     after: ClassVar[tuple[str, ...]] = ()
+    option_aliases: ClassVar[dict[str, str]] = {}
 
     def run(self, graph: Graph) -> PassResult:
         raise NotImplementedError
@@ -87,7 +90,7 @@ class Pass:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if value != f.default or type(value) is not type(f.default):
-                parts.append(f"{f.name}={_format_option(value)}")
+                parts.append(f"{_spelling(type(self), f.name)}={_format_option(value)}")
         return ",".join(parts)
 
     def __str__(self) -> str:
@@ -116,6 +119,9 @@ def register_pass(name: str) -> Callable[[type], type]:
         for f in dataclasses.fields(cls):
             if f.default is dataclasses.MISSING:
                 raise TypeError(f"pass {name}: option {f.name} needs a default")
+        for alias, field_name in cls.option_aliases.items():
+            if field_name not in _option_types(cls):
+                raise TypeError(f"pass {name}: option alias {alias!r} names no option {field_name!r}")
         cls.name = name
         _PASSES[name] = cls
         return cls
@@ -153,7 +159,7 @@ def describe_passes() -> str:
         if fields:
             lines.append("    options:")
             for f in fields:
-                lines.append(f"      {f.name}: {hints[f.name].__name__} = {_format_option(f.default)}")
+                lines.append(f"      {_spelling(cls, f.name)}: {hints[f.name].__name__} = {_format_option(f.default)}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -264,6 +270,14 @@ def _option_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _spelling(cls: type, field_name: str) -> str:
+    """How option `field_name` is spelled in pipeline strings (its alias, if it has one)."""
+    for alias, name in cls.option_aliases.items():  # type: ignore[attr-defined]
+        if name == field_name:
+            return alias
+    return field_name
+
+
 def _format_option(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -301,7 +315,7 @@ def _parse_item(item: str, text: str) -> Pass:
     if not m:
         raise UserError(f"bad pipeline item {item!r} in {text!r}; expected name or name{{key=value,...}}")
     cls = get_pass(m.group(1))
-    hints = _option_types(cls)
+    hints = {_spelling(cls, name): hint for name, hint in _option_types(cls).items()}
     kwargs: dict[str, Any] = {}
     for opt in split_top(m.group(2) or ""):
         if not opt:
@@ -316,7 +330,7 @@ def _parse_item(item: str, text: str) -> Pass:
         if key in kwargs:
             raise UserError(f"option {key} of pass {cls.name} is given twice")
         kwargs[key] = _parse_option(cls.name, key, hints[key], raw.strip())
-    return cls(**kwargs)
+    return cls(**{cls.option_aliases.get(k, k): v for k, v in kwargs.items()})
 
 
 def _parse_option(pass_name: str, key: str, hint: type, raw: str) -> Any:

@@ -18,6 +18,7 @@ from t2c.ir import Graph, parse_graph, print_graph, run_graph, verify
 from t2c.passes import Pipeline
 
 HERE = Path(__file__).parent
+CLEANUP = {"dce", "cse", "fold-shapes"}
 CASES = sorted(HERE.glob("*/*.before.t2c"))
 UPDATE = os.environ.get("T2C_UPDATE_GOLDEN") == "1"
 PIPELINE_LINE = "# pipeline:"
@@ -82,7 +83,16 @@ def test_golden(before: Path) -> None:
     verify(expected)
     assert got == print_graph(expected)
 
+    # Cleanup passes must not change a bit; other exact passes (lifting, fusion) compute the
+    # same function in another order, so agree to float tolerance; approximate passes change
+    # the function on purpose and are judged by the numerics tests instead.
+    if not all(p.exact for p in pipeline.passes):
+        return
+    bitwise = all(p.name in CLEANUP for p in pipeline.passes)
     for xs, want in zip(inputs, expected_outputs):
         outs = run_graph(result, xs)
         for name, t in want.items():
-            assert same(outs[name], t), f"output {name!r} changed"
+            if bitwise:
+                assert same(outs[name], t), f"output {name!r} changed"
+            else:
+                assert torch.allclose(outs[name], t, atol=1e-5, rtol=1e-5, equal_nan=True), f"output {name!r} changed"

@@ -1,3 +1,3 @@
 """Declarations of every IR op, grouped by family. Importing this registers them."""
 
-from . import creation, nn, pointwise, reduction, shape, moe  # noqa: F401
+from . import attention, creation, moe, nn, pointwise, reduction, shape  # noqa: F401

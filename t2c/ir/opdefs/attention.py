@@ -1,0 +1,188 @@
+"""Semantic attention ops: `attention` (softmax, with structured masks) and `linear_attention`.
+
+`attention(q, k, v, mask?)`, q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv]:
+
+    scores[b,h,i,j] = scale * q[b,h,i] . k[b,h // (Hq/Hkv),j]
+    scores          = softcap * tanh(scores / softcap)          if softcap > 0
+    visible(i, j)   = structural(i, j) and mask[b,h,i,j]        (bool mask), or
+    scores         += mask[b,h,i,j]                             (additive float mask)
+    out[b,h,i]      = softmax_j(scores where visible, else -inf) @ v[b, h // (Hq/Hkv)]
+
+and a query row that sees no key gives zeros. Positions i and j share one index
+space (no KV cache: Sq == Sk in practice, and i, j count from 0). The structural
+mask is, with -1 meaning "no limit":
+
+    base(i, j)       = (left < 0 or j >= i - left) and (right < 0 or j <= i + right)
+                       and (block == 0 or i // block == j // block)
+    structural(i, j) = (base(i, j) or i < global_tokens or j < global_tokens)
+                       and (not causal or j <= i)
+
+So a causal sliding window of width w is `causal=true, window=[w-1,-1]`
+(query i sees keys i-w+1..i), a bidirectional window is `window=[w-1,w-1]`
+(|i - j| < w), and Longformer/BigBird global tokens are the first G positions.
+
+`linear_attention(q, k, v)` with feature map phi(x) = elu(x) + 1:
+
+    non-causal: out_i = phi(q_i) (sum_j phi(k_j)^T v_j) / (phi(q_i) . sum_j phi(k_j))
+    causal:     the sums run over j <= i (prefix sums)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import VerifyError
+from ..core import DType, dims_equal
+from ..ops import define_op
+
+
+@dataclass(frozen=True)
+class AttentionAttrs:
+    scale: float = 1.0
+    causal: bool = False
+    window: tuple[int, int] = (-1, -1)  # (left, right) keys visible around each query; -1: unlimited
+    block: int = 0  # block-local attention with this block size; 0: none
+    global_tokens: int = 0  # the first G positions see and are seen by every position
+    kv_heads: int = 0  # number of KV heads (grouped-query attention); must equal k's head dim
+    softcap: float = 0.0  # logits soft-capping (Gemma-2 style); 0: none
+
+
+def structural_mask(sq: int, sk: int, a: AttentionAttrs, device=None) -> torch.Tensor:
+    """[Sq, Sk] bool: which keys each query may see, from the attrs alone."""
+    i = torch.arange(sq, device=device)[:, None]
+    j = torch.arange(sk, device=device)[None, :]
+    left, right = a.window
+    base = torch.ones(sq, sk, dtype=torch.bool, device=device)
+    if left >= 0:
+        base &= j >= i - left
+    if right >= 0:
+        base &= j <= i + right
+    if a.block > 0:
+        base &= (i // a.block) == (j // a.block)
+    if a.global_tokens > 0:
+        base |= (i < a.global_tokens) | (j < a.global_tokens)
+    if a.causal:
+        base &= j <= i
+    return base
+
+
+def has_structure(a: AttentionAttrs) -> bool:
+    return a.causal or a.window != (-1, -1) or a.block > 0 or a.global_tokens > 0
+
+
+def attention_reference(q, k, v, mask, a: AttentionAttrs) -> torch.Tensor:
+    """Explicit masked-softmax attention; the semantics every lowering must reproduce."""
+    hq, hkv = q.shape[-3], k.shape[-3]
+    if hq != hkv:
+        k = k.repeat_interleave(hq // hkv, dim=-3)
+        v = v.repeat_interleave(hq // hkv, dim=-3)
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * a.scale
+    if a.softcap > 0:
+        scores = a.softcap * torch.tanh(scores / a.softcap)
+    visible = None
+    if has_structure(a):
+        visible = structural_mask(q.shape[-2], k.shape[-2], a, q.device)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            visible = mask if visible is None else (visible & mask)
+        else:
+            scores = scores + mask.to(compute)
+    if visible is not None:
+        scores = scores.masked_fill(~visible, -math.inf)
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0)  # rows that see no key
+    return (probs @ v.to(compute)).to(q.dtype)
+
+
+def _attention_infer(types, a):
+    q, k, v = types[0], types[1], types[2]
+    return [q.with_shape(q.shape[:-1] + (v.shape[-1],))]
+
+
+def _check_qkv(types, kv_heads: int, op: str) -> None:
+    q, k, v = types[0], types[1], types[2]
+    if not (q.rank == k.rank == v.rank == 4):
+        raise VerifyError(f"{op}: q, k, v must be [batch, heads, seq, head_dim]")
+    if not dims_equal(q.shape[-1], k.shape[-1]):
+        raise VerifyError(f"{op}: q and k head dims differ")
+    if not (dims_equal(k.shape[-2], v.shape[-2]) and dims_equal(k.shape[1], v.shape[1])):
+        raise VerifyError(f"{op}: k and v disagree on heads or length")
+    hq, hkv = q.shape[1], k.shape[1]
+    if not (isinstance(hq, int) and isinstance(hkv, int) and hkv == kv_heads and hq % hkv == 0):
+        raise VerifyError(f"{op}: kv_heads={kv_heads} must equal k's {hkv} heads and divide q's {hq}")
+    if not q.dtype.is_float:
+        raise VerifyError(f"{op}: q, k, v must be floating point")
+
+
+def _attention_verify(types, a):
+    _check_qkv(types, a.kv_heads, "attention")
+    left, right = a.window
+    if left < -1 or right < -1 or a.block < 0 or a.global_tokens < 0 or a.softcap < 0:
+        raise VerifyError("attention: window bounds are >= -1; block, global_tokens and softcap are >= 0")
+    if a.scale <= 0 or not math.isfinite(a.scale):
+        raise VerifyError("attention: scale must be positive")
+    if len(types) == 4 and types[3].dtype not in (DType.BOOL,) and not types[3].dtype.is_float:
+        raise VerifyError("attention: the mask must be bool (true = keep) or float (added to the scores)")
+
+
+define_op(
+    "attention",
+    ("q", "k", "v", "mask?"),
+    _attention_infer,
+    lambda ctx, a, q, k, v, mask=None: attention_reference(q, k, v, mask, a),
+    AttentionAttrs,
+    verify=_attention_verify,
+    doc="softmax attention with causal / sliding-window / block-local / global-token structure, GQA, softcap, optional mask",
+)
+
+
+@dataclass(frozen=True)
+class LinearAttentionAttrs:
+    feature: str = "elu1"  # phi(x) = elu(x) + 1
+    causal: bool = False
+    kv_heads: int = 0
+
+
+FEATURE_MAPS = {"elu1": lambda x: F.elu(x) + 1.0}
+
+
+def linear_attention_reference(q, k, v, a: LinearAttentionAttrs) -> torch.Tensor:
+    """The explicit linear-attention formula (prefix sums when causal)."""
+    hq, hkv = q.shape[-3], k.shape[-3]
+    if hq != hkv:
+        k = k.repeat_interleave(hq // hkv, dim=-3)
+        v = v.repeat_interleave(hq // hkv, dim=-3)
+    phi = FEATURE_MAPS[a.feature]
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    fq, fk, vv = phi(q.to(compute)), phi(k.to(compute)), v.to(compute)
+    if a.causal:
+        kv = torch.cumsum(fk.unsqueeze(-1) * vv.unsqueeze(-2), dim=-3)  # [B,H,S,D,Dv]
+        z = torch.cumsum(fk, dim=-2)  # [B,H,S,D]
+        num = (fq.unsqueeze(-2) @ kv).squeeze(-2)
+        den = (fq * z).sum(-1, keepdim=True)
+    else:
+        num = fq @ (fk.transpose(-1, -2) @ vv)
+        den = fq @ fk.sum(-2, keepdim=True).transpose(-1, -2)
+    return (num / den).to(q.dtype)
+
+
+def _linear_verify(types, a):
+    _check_qkv(types, a.kv_heads, "linear_attention")
+    if a.feature not in FEATURE_MAPS:
+        raise VerifyError(f"linear_attention: feature must be one of {sorted(FEATURE_MAPS)}")
+
+
+define_op(
+    "linear_attention",
+    ("q", "k", "v"),
+    _attention_infer,
+    lambda ctx, a, q, k, v: linear_attention_reference(q, k, v, a),
+    LinearAttentionAttrs,
+    verify=_linear_verify,
+    doc="linear attention phi(Q)(phi(K)^T V) / (phi(Q) phi(K)^T 1), phi = elu + 1; causal with prefix sums",
+)

@@ -1,0 +1,120 @@
+"""lift-attention on real model code: every attention in the zoo becomes one `attention` op.
+
+Also the eager spellings (Hugging Face `attn_implementation="eager"`: matmul,
+scale, mask, softmax, matmul, with repeat_kv), Gemma-2's soft-capped logits and
+its alternating sliding/global layers. Lifting is exact: the interpreter still
+matches eager at two shapes.
+"""
+
+import functools
+
+import pytest
+import torch
+import transformers
+
+import tiny_moe_transformer
+import zoo
+from t2c.frontends.torch_export import trace
+from t2c.ir import run_graph
+from t2c.passes import Pipeline
+
+V = zoo.VOCAB
+
+
+def _eager(family):
+    torch.manual_seed(0)
+    if family == "llama-eager":
+        cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=V, attn_implementation="eager")
+        return transformers.LlamaForCausalLM(cfg)
+    if family == "gpt2-eager":
+        cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=V, attn_implementation="eager", bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2LMHeadModel(cfg)
+    if family == "bert-eager":
+        cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=V, attn_implementation="eager")
+        return transformers.BertModel(cfg)
+    if family == "gemma2-eager":
+        cfg = transformers.Gemma2Config(num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=V, sliding_window=8, attn_implementation="eager", attn_logit_softcapping=50.0)
+        return transformers.Gemma2ForCausalLM(cfg)
+    raise KeyError(family)
+
+
+@functools.lru_cache(maxsize=None)
+def lifted(family):
+    if family == "example":
+        model, (ids,) = tiny_moe_transformer.build()
+        examples = {"input_ids": ids}
+    elif family in zoo.ZOO:
+        model, examples = zoo.ZOO[family]()
+    else:
+        model = _eager(family).eval()
+        model.config.use_cache = False
+        examples = {"input_ids": torch.randint(0, V, (2, 16))}
+    graph = trace(model, examples)
+    graph, records = Pipeline.parse("fold-shapes,cse,lift-attention,dce").run(graph, verify_each=True)
+    return model, graph, records[2].stats
+
+
+def layers(model):
+    return model.config.num_hidden_layers if hasattr(model, "config") else len(model.layers)
+
+
+FAMILIES = ["gpt2", "llama", "mistral", "bert", "mixtral", "minilm", "example", "llama-eager", "gpt2-eager", "bert-eager", "gemma2-eager"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_attention_per_layer(family):
+    model, graph, stats = lifted(family)
+    counts = graph.op_counts()
+    assert counts.get("attention") == layers(model), counts
+    assert "sdpa" not in counts
+    assert stats["lifted"] == layers(model)
+    # The only softmax left is a MoE router's, inside the `moe` op or the example's dense MoE.
+    assert counts.get("softmax", 0) == (1 if family == "example" else 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lifting_is_exact(family):
+    model, graph, _ = lifted(family)
+    vocab = model.config.vocab_size if hasattr(model, "config") else 256
+    for shape in [(2, 16), (3, 37)]:
+        ids = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(5))
+        got = run_graph(graph, {"input_ids": ids})
+        with torch.no_grad():
+            want = model(input_ids=ids)
+        want = {"output": want} if isinstance(want, torch.Tensor) else want
+        for name, value in got.items():
+            err = (value - want[name]).abs().max().item()
+            assert err <= 1e-5, f"{family} {name} {shape}: {err}"
+
+
+def attrs(family):
+    return [n.attrs for n in lifted(family)[1].nodes if n.op == "attention"]
+
+
+def test_masks_become_attrs():
+    for family in ("gpt2", "llama", "mixtral", "gpt2-eager", "llama-eager", "example"):
+        assert all(a.causal and a.window == (-1, -1) for a in attrs(family)), family
+    for family in ("bert", "minilm", "bert-eager"):
+        assert all(not a.causal and a.window == (-1, -1) for a in attrs(family)), family
+    # Mistral's trained window of 8: query i sees keys i-7..i.
+    assert all(a.causal and a.window == (7, -1) for a in attrs("mistral"))
+
+
+def test_grouped_query_heads_are_not_repeated():
+    for family in ("llama", "mistral", "mixtral", "llama-eager", "example"):
+        graph = lifted(family)[1]
+        for n in graph.nodes:
+            if n.op == "attention":
+                assert n.attrs.kv_heads == n.inputs[1].type.shape[1] < n.inputs[0].type.shape[1], family
+
+
+def test_gemma2_alternates_local_and_global_layers_with_softcap():
+    a = attrs("gemma2-eager")
+    assert [x.window for x in a] == [(7, -1), (-1, -1), (7, -1), (-1, -1)]
+    assert all(x.softcap == 50.0 and x.causal for x in a)
+    assert all(abs(x.scale - 256 ** -0.5) < 1e-12 for x in a)  # query_pre_attn_scalar
+
+
+def test_stats_count_mask_kinds():
+    assert lifted("mistral")[2]["mask_sliding"] == 2
+    assert lifted("llama")[2]["mask_causal"] == 2
