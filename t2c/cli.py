@@ -115,6 +115,12 @@ def summary_lines(report: dict, out_dir: str) -> str:
     lines = [f"wrote {os.path.join(out_dir, 'model.onnx')} (opset {report['opset']}, {report['flavor']}): {nodes['traced']} -> {nodes['final']} IR nodes"]
     if report["passes"]:
         lines.append("  passes: " + ", ".join(f"{p['pass']} {p['nodes_before']}->{p['nodes_after']}" for p in report["passes"]))
+    if any(not p["exact"] for p in report["passes"]) and report["passes"][-1].get("vs_eager"):
+        from .report_html import drift_summary
+
+        d = drift_summary(report["passes"][-1])
+        tokens = f", next-token agreement {d['argmax_agreement']:.1%}, KL {d['kl']:.2g}" if "argmax_agreement" in d else ""
+        lines.append(f"  drift from eager after approximate passes: max abs {d['max_abs']:.3g}, cosine {d['cosine']:.6f}{tokens}")
     v = report["validation"]
     if v.get("ok") is None:
         lines.append("  validation: skipped (--no-validate)")

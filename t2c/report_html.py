@@ -24,6 +24,19 @@ def _badge(ok) -> str:
     return '<span class="ok">OK</span>' if ok else '<span class="bad">FAILED</span>'
 
 
+def drift_summary(pass_record: dict) -> dict:
+    """Worst drift from eager after one pass, over every shape and output."""
+    outs = [o for c in pass_record.get("vs_eager", []) for o in c["outputs"]]
+    if not outs:
+        return {"max_abs": float("nan"), "cosine": float("nan")}
+    d = {"max_abs": max(float(o["max_abs"]) for o in outs), "cosine": min(float(o["cosine"]) for o in outs)}
+    agree = [o["argmax_agreement"] for o in outs if "argmax_agreement" in o]
+    if agree:
+        d["argmax_agreement"] = min(agree)
+        d["kl"] = max(o["kl"] for o in outs if "kl" in o)
+    return d
+
+
 def render_html(report: dict) -> str:
     """A standalone HTML page: summary, per-output errors, per-pass table, op counts."""
     v = report.get("validation", {})
@@ -39,9 +52,9 @@ def render_html(report: dict) -> str:
     parts.append("<h2>Passes (IR after each pass vs eager)</h2>")
     rows = []
     for p in report.get("passes", []):
-        worst = max((float(o["max_abs"]) for c in p.get("vs_eager", []) for o in c["outputs"]), default=float("nan"))
-        rows.append([p["pass"] + (f"{{{p['options']}}}" if p.get("options") else ""), "exact" if p["exact"] else "approximate", p["nodes_before"], p["nodes_after"], f"{p['seconds'] * 1000:.1f} ms", worst, json.dumps(p["stats"])])
-    parts.append(_table(["pass", "kind", "nodes before", "nodes after", "time", "max abs vs eager", "stats"], rows))
+        d = drift_summary(p)
+        rows.append([p["pass"] + (f"{{{p['options']}}}" if p.get("options") else ""), "exact" if p["exact"] else "approximate", p["nodes_before"], p["nodes_after"], f"{p['seconds'] * 1000:.1f} ms", d["max_abs"], d["cosine"], d.get("argmax_agreement", "-"), d.get("kl", "-"), json.dumps(p["stats"])])
+    parts.append(_table(["pass", "kind", "nodes before", "nodes after", "time", "max abs vs eager", "min cosine", "next-token agreement", "KL", "stats"], rows))
     counts = report.get("op_counts", {})
     ops = sorted(set(counts.get("traced", {})) | set(counts.get("final", {})))
     parts.append("<h2>Op counts</h2>")

@@ -30,7 +30,13 @@ TOLERANCES = {
 
 @dataclass
 class OutputComparison:
-    """How one output of a candidate compares with its reference."""
+    """How one output of a candidate compares with its reference.
+
+    For language-model logits (outputs named `logits`) it also holds the
+    next-token agreement (fraction of positions whose argmax is the same) and
+    the mean KL divergence KL(reference || candidate) of the softmax
+    distributions: what an approximate rewrite does to generation.
+    """
 
     name: str
     max_abs: float
@@ -39,9 +45,24 @@ class OutputComparison:
     atol: float
     rtol: float
     ok: bool
+    argmax_agreement: float | None = None
+    kl: float | None = None
 
     def as_json(self) -> dict:
-        return {k: _finite(v) for k, v in asdict(self).items()}
+        return {k: _finite(v) for k, v in asdict(self).items() if v is not None or k not in ("argmax_agreement", "kl")}
+
+
+LOGITS_OUTPUTS = ("logits",)
+
+
+def token_drift(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
+    """(argmax agreement, mean KL(want || got)) over every position of [..., vocab] logits."""
+    g = got.detach().to(torch.float64).reshape(-1, got.shape[-1])
+    w = want.detach().to(torch.float64).reshape(-1, want.shape[-1])
+    agreement = float((g.argmax(-1) == w.argmax(-1)).to(torch.float64).mean())
+    log_p, log_q = torch.log_softmax(w, -1), torch.log_softmax(g, -1)
+    kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    return agreement, max(kl, 0.0)
 
 
 def _finite(v):
@@ -73,7 +94,10 @@ def compare(name: str, got: torch.Tensor, want: torch.Tensor, tolerance: tuple[f
     denom = float(gn.norm() * wn.norm())
     cosine = float(gn @ wn) / denom if denom > 0 else (1.0 if float(gn.norm()) == float(wn.norm()) else 0.0)
     ok = bool((diff <= atol + rtol * w.abs().nan_to_num(0.0)).all())
-    return OutputComparison(name, max_abs, max_rel, cosine, atol, rtol, ok)
+    result = OutputComparison(name, max_abs, max_rel, cosine, atol, rtol, ok)
+    if name in LOGITS_OUTPUTS and want.dim() >= 1 and want.dtype.is_floating_point:
+        result.argmax_agreement, result.kl = token_drift(got, want)
+    return result
 
 
 def compare_all(got: Mapping[str, torch.Tensor], want: Mapping[str, torch.Tensor]) -> list[OutputComparison]:
