@@ -18,7 +18,7 @@ import torch
 from t2c.backends.onnx import LOWERINGS, check_complete, initializer_bytes, lower, save
 from t2c.errors import UserError
 from t2c.ir import DType, Graph, SymDim, TensorType, all_ops, get_op, run_graph
-from t2c.ir.opdefs import creation, moe, nn, pointwise, reduction, shape
+from t2c.ir.opdefs import attention, creation, moe, nn, pointwise, reduction, shape
 
 F32, I64, I32, BOOL = DType.F32, DType.I64, DType.I32, DType.BOOL
 BS = ("batch", "seq")
@@ -222,6 +222,15 @@ def _cases() -> list[tuple[str, Case]]:
         ("sdpa-3d-masked-row", Case("sdpa", N.SDPAAttrs(), ins=[(F32, ("batch", "seq", 8))] * 3 + [(BOOL, ("seq", "seq"), masked_row)])),
         ("sdpa-3d", Case("sdpa", N.SDPAAttrs(is_causal=True), ins=[(F32, ("batch", "seq", 8))] * 3)),
         ("sdpa-3d-gqa-mask", Case("sdpa", N.SDPAAttrs(enable_gqa=True), ins=[(F32, (4, "seq", 8)), (F32, (2, "seq", 8)), (F32, (2, "seq", 8)), (F32, ("seq", "seq"))])),
+    ]
+    AT = attention  # the semantic ops; tests/backends/test_onnx_attention.py covers them in depth
+    c += [
+        ("attention", Case("attention", AT.AttentionAttrs(scale=0.3, kv_heads=2), ins=[q, kv, kv])),
+        ("attention-causal", Case("attention", AT.AttentionAttrs(scale=0.3, causal=True, kv_heads=4), ins=[q, q, q])),
+        ("attention-sliding", Case("attention", AT.AttentionAttrs(scale=0.3, causal=True, window=(2, -1), global_tokens=1, kv_heads=2), ins=[q, kv, kv])),
+        ("attention-dense", Case("attention", AT.AttentionAttrs(scale=0.3, window=(-1, 1), kv_heads=4), ins=[q, q, q, mask])),
+        ("linear_attention", Case("linear_attention", AT.LinearAttentionAttrs(kv_heads=2), ins=[q, kv, kv], tol=1e-4)),
+        ("linear_attention-causal", Case("linear_attention", AT.LinearAttentionAttrs(causal=True, kv_heads=4), ins=[q, q, q], tol=1e-4)),
     ]
     experts = {"router": torch.randn(4, 8), "gate_up": torch.randn(4, 12, 8) * 0.3, "down": torch.randn(4, 8, 6) * 0.3}
     for act in ["silu", "gelu", "gelu_tanh", "relu"]:

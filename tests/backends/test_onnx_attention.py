@@ -1,0 +1,219 @@
+"""The ONNX lowerings of `attention` (Attention op, blocked window/block/global form, dense fallback)
+and `linear_attention` (O(n) matmuls; chunked prefix state when causal), checked in onnxruntime
+against the IR references at sequence lengths that are not multiples of the block or chunk, and
+checked structurally: the blocked and linear forms never hold a seq x seq tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from t2c.backends.onnx import LoweringError, lower
+from t2c.backends.onnx import linear_attention as la_lowering
+from t2c.backends.onnx.windowed_attention import band_plan
+from t2c.ir import DType, Graph, TensorType
+from t2c.ir.opdefs.attention import AttentionAttrs, LinearAttentionAttrs, attention_reference, linear_attention_reference
+
+F32, BOOL = DType.F32, DType.BOOL
+D = 8
+LENGTHS = [(2, 37), (1, 50), (1, 3)]  # (batch, seq): not multiples of the block; 3 < G
+
+
+def _graph(op, attrs, hq=4, hkv=4, mask=None, dv=D):
+    g = Graph()
+    q = g.add_input("q", TensorType(F32, ("batch", hq, "seq", D)))
+    k = g.add_input("k", TensorType(F32, ("batch", hkv, "seq", D)))
+    v = g.add_input("v", TensorType(F32, ("batch", hkv, "seq", dv)))
+    ins = [q, k, v]
+    if mask is not None:
+        ins.append(g.add_input("mask", TensorType(mask[0], mask[1])))
+    g.set_output("y", g.add_node(op, ins, attrs).output)
+    return g
+
+
+def _session(g):
+    return ort.InferenceSession(lower(g).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _feeds(b, s, hq, hkv, mask=None, dv=D, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    f = {
+        "q": torch.randn(b, hq, s, D, generator=gen),
+        "k": torch.randn(b, hkv, s, D, generator=gen),
+        "v": torch.randn(b, hkv, s, dv, generator=gen),
+    }
+    if mask is not None:
+        shape = [{"batch": b, "seq": s}.get(d, d) for d in mask[1]]
+        if mask[0] == BOOL:
+            m = torch.rand(shape, generator=gen) > 0.3
+            m[..., 0] = True  # not every query fully masked
+            if s > 5 and m.dim() == 4:
+                m[0, ..., : s // 2] = False  # a padding run on one batch element
+        else:
+            m = torch.randn(shape, generator=gen)
+        f["mask"] = m
+    return f
+
+
+def _check_attention(attrs, hq=4, hkv=4, mask=None, lengths=LENGTHS, tol=1e-5):
+    g = _graph("attention", attrs, hq, hkv, mask)
+    sess = _session(g)
+    for b, s in lengths:
+        f = _feeds(b, s, hq, hkv, mask)
+        want = attention_reference(f["q"], f["k"], f["v"], f.get("mask"), attrs)
+        have = torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in f.items()})[0])
+        torch.testing.assert_close(have, want, atol=tol, rtol=tol, msg=lambda m: f"{attrs} at b={b} s={s}: {m}")
+
+
+def A(**kw):
+    kw.setdefault("scale", 1 / math.sqrt(D))
+    kw.setdefault("kv_heads", 4)
+    return AttentionAttrs(**kw)
+
+
+PAD_MASK = (BOOL, ("batch", 1, 1, "seq"))
+FLOAT_PAD_MASK = (F32, ("batch", 1, 1, "seq"))
+
+CASES = {
+    # the Attention op
+    "plain": (A(), 4, 4, None),
+    "plain-gqa": (A(kv_heads=2), 4, 2, None),
+    "plain-softcap": (A(softcap=1.5, scale=1.0), 4, 4, None),
+    "plain-bool-mask": (A(), 4, 4, (BOOL, ("batch", 1, "seq", "seq"))),
+    "plain-float-mask-softcap": (A(softcap=2.0), 4, 4, (F32, (1, 1, "seq", "seq"))),
+    "plain-pad-mask": (A(), 4, 4, PAD_MASK),
+    "causal": (A(causal=True), 4, 4, None),
+    "causal-gqa-softcap": (A(causal=True, kv_heads=2, softcap=1.0, scale=1.0), 4, 2, None),
+    "causal-pad-mask": (A(causal=True), 4, 4, PAD_MASK),
+    "causal-global-only": (A(causal=True, global_tokens=3), 4, 4, None),
+    # blocked
+    "sliding-causal": (A(causal=True, window=(7, -1)), 4, 4, None),
+    "sliding-causal-gqa": (A(causal=True, window=(7, -1), kv_heads=2), 4, 2, None),
+    "window-bidir": (A(window=(7, 7)), 4, 4, None),
+    "window-asym": (A(window=(5, 2)), 4, 4, None),
+    "window-right-only": (A(window=(0, 3)), 4, 4, None),
+    "window-bidir-global": (A(window=(7, 7), global_tokens=3), 4, 4, None),
+    "sliding-causal-global-gqa": (A(causal=True, window=(7, -1), global_tokens=3, kv_heads=2), 4, 2, None),
+    "block": (A(block=8), 4, 4, None),
+    "block-causal-global": (A(block=8, causal=True, global_tokens=3), 4, 4, None),
+    "block-window": (A(block=8, window=(2, 2)), 4, 4, None),
+    "sliding-softcap": (A(causal=True, window=(7, -1), softcap=1.0, scale=1.0), 4, 4, None),
+    "sliding-pad-mask": (A(causal=True, window=(7, -1)), 4, 4, PAD_MASK),
+    "window-global-pad-mask-gqa": (A(window=(7, 7), global_tokens=3, kv_heads=2), 4, 2, PAD_MASK),
+    "window-global-float-mask": (A(window=(7, 7), global_tokens=3), 4, 4, FLOAT_PAD_MASK),
+    "window-head-mask": (A(window=(4, 4)), 4, 4, (BOOL, ("batch", 4, 1, "seq"))),
+    "window-1d-mask": (A(window=(4, 4)), 4, 4, (BOOL, ("seq",))),
+    # dense fallback
+    "left-unbounded-bidir": (A(window=(-1, 3), global_tokens=2), 4, 4, None),
+    "window-full-mask": (A(window=(7, 7)), 4, 4, (BOOL, ("batch", 1, "seq", "seq"))),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_attention(name):
+    attrs, hq, hkv, mask = CASES[name]
+    if name == "window-full-mask":  # [B,1,S,S] with structure: rejected by the blocked form
+        with pytest.raises(LoweringError, match="padding-style mask"):
+            lower(_graph("attention", attrs, hq, hkv, mask))
+        return
+    _check_attention(attrs, hq, hkv, mask)
+
+
+def test_attention_dispatch():
+    """Which form each structure gets."""
+    assert band_plan(A(causal=True, window=(7, -1))) == (8, (-1, 0))
+    assert band_plan(A(window=(7, 7))) == (8, (-1, 0, 1))
+    assert band_plan(A(block=16, causal=True)) == (16, (0,))
+    assert band_plan(A(window=(-1, 3))) is None
+
+    def ops(attrs):
+        return {n.op_type for n in lower(_graph("attention", attrs)).graph.node}
+
+    assert "Attention" in ops(A()) and "Attention" in ops(A(causal=True))
+    assert "Attention" not in ops(A(causal=True, window=(7, -1)))
+
+
+def _check_linear(attrs, hq=4, hkv=4, lengths=LENGTHS, dv=6):
+    g = _graph("linear_attention", attrs, hq, hkv, dv=dv)
+    sess = _session(g)
+    for b, s in lengths + [(1, 64)]:
+        f = _feeds(b, s, hq, hkv, dv=dv)
+        want = linear_attention_reference(f["q"], f["k"], f["v"], attrs)
+        have = torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in f.items()})[0])
+        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-4, msg=lambda m: f"{attrs} at b={b} s={s}: {m}")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
+@pytest.mark.parametrize("chunk", [16, 64])
+def test_linear_attention(monkeypatch, causal, heads, chunk):
+    monkeypatch.setattr(la_lowering, "CHUNK", chunk)
+    _check_linear(LinearAttentionAttrs(causal=causal, kv_heads=heads[1]), *heads)
+
+
+# -- no seq x seq tensor anywhere ----------------------------------------------------------
+
+
+def _largest_intermediate(g, seq, batch=1):
+    """Run the lowered model with every node output exposed; the largest element count (and its op)."""
+    model = lower(g)
+    known = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for out in node.output:
+            if out and out not in known:
+                model.graph.output.append(onnx.ValueInfoProto(name=out))
+                known.add(out)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    hq = g.inputs[0].type.shape[1]
+    hkv = g.inputs[1].type.shape[1]
+    feeds = {n: t.numpy() for n, t in _feeds(batch, seq, hq, hkv).items()}
+    if len(g.inputs) > 3:
+        feeds["mask"] = np.ones((batch, 1, 1, seq), dtype=bool)
+    outs = sess.run(None, feeds)
+    names = [o.name for o in sess.get_outputs()]
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    return max((np.asarray(x).size, producer.get(n, n)) for n, x in zip(names, outs))
+
+
+@pytest.mark.parametrize(
+    "op,attrs,mask",
+    [
+        ("attention", A(causal=True, window=(7, -1)), None),
+        ("attention", A(window=(7, 7), global_tokens=3), PAD_MASK),
+        ("attention", A(block=8, causal=True, global_tokens=3), None),
+        ("linear_attention", LinearAttentionAttrs(causal=True, kv_heads=4), None),
+        ("linear_attention", LinearAttentionAttrs(causal=False, kv_heads=4), None),
+    ],
+)
+def test_no_quadratic_intermediate(op, attrs, mask):
+    """H=4, D=8, seq=2048: a seq*seq tensor has 4M elements; the band and chunk ones stay O(seq*(W+G)*H), O(seq*C*H)."""
+    seq = 2048
+    size, where = _largest_intermediate(_graph(op, attrs, mask=mask), seq)
+    assert size < seq * seq // 4, f"{where} holds {size} elements at seq={seq}"
+    size2, _ = _largest_intermediate(_graph(op, attrs, mask=mask), 2 * seq)
+    assert size2 <= 2 * size + 4096, f"the largest intermediate grows faster than seq: {size} -> {size2}"
+
+
+def test_dense_fallback_is_quadratic():
+    """Sanity check of the structural test itself: the dense form does hold seq x seq scores."""
+    size, _ = _largest_intermediate(_graph("attention", A(window=(-1, 3))), 256)
+    assert size >= 256 * 256
+
+
+@pytest.mark.parametrize("attrs", [A(causal=True, window=(7, -1), global_tokens=3), A(window=(4, 4)), A(block=8)])
+def test_attention_static_shapes(attrs):
+    """With an int sequence length the pad and positions are constants (ORT folds the mask)."""
+    g = Graph()
+    ins = [g.add_input(n, TensorType(F32, (1, 4, 37, D))) for n in "qkv"]
+    g.set_output("y", g.add_node("attention", ins, attrs).output)
+    sess = ort.InferenceSession(lower(g, static=True).SerializeToString(), providers=["CPUExecutionProvider"])
+    f = _feeds(1, 37, 4, 4)
+    want = attention_reference(f["q"], f["k"], f["v"], None, attrs)
+    have = torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in f.items()})[0])
+    torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
