@@ -154,10 +154,15 @@ def inspect(model: str, after: str | None, fmt: str, inputs: tuple[str, ...], tr
     records = []
     if after:
         graph, records = _pipeline(after).run(graph, verify_each=True)
+    from .fusion_report import fusion_lines, fusion_report
+
+    fusion = fusion_report(graph)
     if fmt == "text":
-        text = print_graph(graph, comments=True)
+        header = "".join(f"# {line}\n" for line in fusion_lines(fusion))
+        text = header + print_graph(graph, comments=True)
     elif fmt == "json":
         summary = graph_summary(graph)
+        summary["fusion"] = fusion
         if records:
             summary["passes"] = [_record_json(r) for r in records]
         text = json.dumps(summary, indent=2) + "\n"

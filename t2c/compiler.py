@@ -27,6 +27,7 @@ from . import __version__
 from .errors import UserError, ValidationError
 from .frontends.loaders import LoadedModel
 from .frontends.torch_export import flatten_outputs, trace
+from .fusion_report import fusion_report
 from .ir import Graph, print_graph, run_graph, verify
 from .passes.manager import Pipeline
 from .validate import OutputComparison, compare_all, other_shape_inputs, shape_label, worst
@@ -114,6 +115,7 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
         graph, report["passes"] = _run_passes(graph, options, shapes, eager, progress)
     report["op_counts"]["final"] = graph.op_counts()
     report["node_count"]["final"] = len(graph.nodes)
+    report["fusion"] = fusion_report(graph)
 
     with _stage(report, "lower", progress):
         artifact = _lower(graph, options)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..ir.core import Graph
-from ..ir.opdefs.attention import FEATURE_MAPS, LinearAttentionAttrs
+from ..ir.opdefs.attention import FEATURE_MAPS, LinearAttentionAttrs, attention_operands
+from ..ir.opdefs.rope import RopeAttrs
 from .manager import Pass, PassResult, register_pass
 from .rewrite import Match, Rewriter, RewriteRule, apply_rules
 
@@ -28,7 +29,7 @@ class LinearizeAttention(RewriteRule):
 
     def check(self, match: Match) -> str | None:
         node, a = match.root, match.root.attrs
-        if len(node.inputs) > 3:
+        if attention_operands(node.inputs, a)[3] is not None:
             return "has a mask operand, which linear attention cannot apply"
         if a.window != (-1, -1) or a.block > 0 or a.global_tokens > 0:
             return "has a window, block or global-token structure, which linear attention cannot apply"
@@ -40,7 +41,13 @@ class LinearizeAttention(RewriteRule):
         node, a = match.root, match.root.attrs
         causal = a.causal if self.causal == "auto" else self.causal == "true"
         attrs = LinearAttentionAttrs(feature=self.feature, causal=causal, kv_heads=a.kv_heads)
-        new = rewriter.insert("linear_attention", node.inputs, attrs, before=node, output_types=[v.type for v in node.outputs])
+        q, k, v, _, cos, sin = attention_operands(node.inputs, a)
+        if a.rope != "none":
+            # A fused RoPE still rotates q and k: apply it explicitly, then linearise.
+            rope = RopeAttrs(interleaved=a.rope == "interleaved", rotary_dim=a.rotary_dim)
+            q = rewriter.insert("rope", [q, cos, sin], rope, before=node).outputs[0]
+            k = rewriter.insert("rope", [k, cos, sin], rope, before=node).outputs[0]
+        new = rewriter.insert("linear_attention", [q, k, v], attrs, before=node, output_types=[v.type for v in node.outputs])
         new.meta = dict(node.meta)
         rewriter.replace_node(node, new.outputs)
 

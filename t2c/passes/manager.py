@@ -36,7 +36,7 @@ OPTION_TYPES = (int, float, bool, str)
 # preset: the user names them.
 _CLEANUP = ("fold-shapes", "cse", "dce")  # fold first: it leaves duplicate constants for cse and dead nodes for dce
 # Every exact pass: cleanup first (tidier matches), lifting, then dce for what lifting left dead.
-_EXACT = ("fold-shapes", "cse", "lift-attention", "dce")
+_EXACT = ("fold-shapes", "cse", "lift-attention", "fuse-rope", "fuse-activation", "fuse-norm", "dce")
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": _CLEANUP,
     "O1": _EXACT,  # fusion passes join here as they land
@@ -176,13 +176,22 @@ class Pipeline:
 
     @classmethod
     def parse(cls, text: str) -> "Pipeline":
-        """Parse `name,name{key=value,...},...`; `UserError` on unknown names, options or bad values."""
+        """Parse `name,name{key=value,...},...`; `UserError` on unknown names, options or bad values.
+
+        A preset name (`-O1`) among the items stands for its passes.
+        """
         text = text.strip()
         if not text:
             return cls(())
         if _unbalanced(text):
             raise UserError(f"pipeline {text!r} has unbalanced braces or quotes")
-        return cls(tuple(_parse_item(item, text) for item in split_top(text)))
+        passes: list[Pass] = []
+        for item in split_top(text):
+            if item.strip().lstrip("-") in PRESETS:  # a preset inside a pipeline: `-O1,window{size=512}`
+                passes.extend(get_pass(n)() for n in PRESETS[item.strip().lstrip("-")])
+            else:
+                passes.append(_parse_item(item, text))
+        return cls(tuple(passes))
 
     @classmethod
     def from_spec(cls, spec: "str | Pipeline | None") -> "Pipeline":

@@ -76,6 +76,9 @@ class Rewriter:
     ) -> Node:
         """A new node placed just before `before` (types inferred unless given)."""
         node = self.graph.add_node(op, inputs, attrs, output_types, before=before)
+        # A node made to replace others belongs where they came from (module, source line):
+        # reports and `inspect --format dot` group by it.
+        node.meta = dict(before.meta)
         self.counts["nodes_inserted"] += 1
         return node
 

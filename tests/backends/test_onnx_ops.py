@@ -18,7 +18,7 @@ import torch
 from t2c.backends.onnx import LOWERINGS, check_complete, initializer_bytes, lower, save
 from t2c.errors import UserError
 from t2c.ir import DType, Graph, SymDim, TensorType, all_ops, get_op, run_graph
-from t2c.ir.opdefs import attention, creation, moe, nn, pointwise, reduction, shape
+from t2c.ir.opdefs import activation, add_norm, attention, creation, moe, nn, pointwise, reduction, shape
 
 F32, I64, I32, BOOL = DType.F32, DType.I64, DType.I32, DType.BOOL
 BS = ("batch", "seq")
@@ -209,6 +209,14 @@ def _cases() -> list[tuple[str, Case]]:
         ("rms_norm", Case("rms_norm", N.RMSNormAttrs((4,), 1e-6), ins=[(F32, (*BS, 4))], params={"g": torch.randn(4)})),
         ("rms_norm-default-eps", Case("rms_norm", N.RMSNormAttrs((4,), None), ins=[(F32, (*BS, 4))])),
     ]
+    # residual add + norm; tests/backends/test_onnx_norms.py covers both flavors
+    AN = add_norm.AddNormAttrs
+    c += [
+        ("add_norm-rms", Case("add_norm", AN("rms", (4,), 1e-6), ins=[(F32, (*BS, 4)), (F32, (*BS, 4))], params={"g": torch.randn(4)})),
+        ("add_norm-rms-default-eps", Case("add_norm", AN("rms", (4,), None), ins=[(F32, (*BS, 4)), (F32, (*BS, 4))])),
+        ("add_norm-layer", Case("add_norm", AN("layer", (4,), 1e-5), ins=[(F32, (*BS, 4)), (F32, (*BS, 4))], params={"g": torch.randn(4), "b": torch.randn(4)})),
+        ("add_norm-layer-broadcast", Case("add_norm", AN("layer", (3, 4), 1e-6), ins=[(F32, ("batch", 3, 4)), (F32, (3, 4))])),
+    ]
     q, kv = (F32, ("batch", 4, "seq", 8)), (F32, ("batch", 2, "seq", 8))
     mask = (BOOL, ("batch", 1, "seq", "seq"), lambda s, d: (torch.rand(s) > 0.5) | torch.eye(s[-1], dtype=torch.bool))
     c += [
@@ -232,9 +240,25 @@ def _cases() -> list[tuple[str, Case]]:
         ("linear_attention", Case("linear_attention", AT.LinearAttentionAttrs(kv_heads=2), ins=[q, kv, kv], tol=1e-4)),
         ("linear_attention-causal", Case("linear_attention", AT.LinearAttentionAttrs(causal=True, kv_heads=4), ins=[q, q, q], tol=1e-4)),
     ]
+    from t2c.ir.opdefs import rope as RO  # cos/sin as inputs: the explicit form (test_onnx_rope.py: RotaryEmbedding)
+
+    cs8, cs4 = (F32, (1, 1, "seq", 8)), (F32, ("batch", 1, "seq", 4))
+    c += [
+        ("rope-half", Case("rope", RO.RopeAttrs(False, 8), ins=[q, cs8, cs8])),
+        ("rope-partial", Case("rope", RO.RopeAttrs(False, 4), ins=[q, cs4, cs4])),
+        ("rope-interleaved-bshd", Case("rope", RO.RopeAttrs(True, 8), ins=[(F32, ("batch", "seq", 4, 8)), (F32, ("seq", 1, 8)), (F32, ("seq", 1, 8))])),
+        ("attention-rope", Case("attention", AT.AttentionAttrs(scale=0.3, causal=True, kv_heads=2, rope="half", rotary_dim=8), ins=[q, kv, kv, cs8, cs8])),
+        ("attention-rope-mask-sliding", Case("attention", AT.AttentionAttrs(scale=0.3, causal=True, window=(2, -1), kv_heads=2, rope="interleaved", rotary_dim=4), ins=[q, kv, kv, (BOOL, ("batch", 1, 1, "seq")), cs4, cs4])),
+    ]
     experts = {"router": torch.randn(4, 8), "gate_up": torch.randn(4, 12, 8) * 0.3, "down": torch.randn(4, 8, 6) * 0.3}
     for act in ["silu", "gelu", "gelu_tanh", "relu"]:
         c.append((f"moe-{act}", Case("moe", M.MoEAttrs(2, act == "silu", act), ins=[(F32, (*BS, 8))], params=experts, tol=1e-4)))
+    # fused activations; tests/backends/test_onnx_activations.py covers both flavors
+    for act in ["silu", "gelu", "gelu_tanh", "relu"]:
+        A = activation.ActivationAttrs(act)
+        c.append((f"gated_act-{act}", Case("gated_act", A, ins=[(F32, (*BS, 4)), (F32, (*BS, 4))])))
+        c.append((f"bias_act-{act}", Case("bias_act", A, ins=[(F32, (*BS, 4))], params={"bias": torch.randn(4)})))
+    c.append(("gated_act-broadcast", Case("gated_act", activation.ActivationAttrs("silu"), ins=[(F32, (*BS, 4)), (F32, ("seq", 1))])))
     return c
 
 

@@ -61,8 +61,10 @@ def test_load_gives_a_callable_matching_eager(compiled):
 def test_validation_failure_exits_1_naming_the_output(tmp_path, capsys, monkeypatch):
     from t2c.backends.onnx import lowering
 
-    # A wrong lowering of silu (as relu): the artifact no longer matches the IR.
+    # A wrong lowering of silu (as relu): the artifact no longer matches the IR. -O1 fuses the
+    # example's `silu(gate) * up` into gated_act, so break that lowering the same way.
     monkeypatch.setitem(lowering.LOWERINGS, "silu", lambda ctx, node: [ctx.emit("Relu", [ctx.name(node.inputs[0])])])
+    monkeypatch.setitem(lowering.LOWERINGS, "gated_act", lambda ctx, node: [ctx.emit("Mul", [ctx.emit("Relu", [ctx.name(node.inputs[0])]), ctx.name(node.inputs[1])])])
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("previous result")

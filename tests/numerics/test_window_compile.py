@@ -56,3 +56,9 @@ def test_linear_attention_compiles_and_matches_its_ir(tmp_path):
     compiled = t2c.compile(model, examples, passes="lift-attention,linear-attention", out=str(tmp_path / "l"))
     assert compiled.ok is True  # the artifact matches the IR; the IR drifts from eager by design
     assert compiled.graph.op_counts().get("linear_attention") == 2
+    # After -O1 the RoPE lives inside `attention`; linearising must keep rotating q and k.
+    roped = t2c.compile(model, examples, passes="-O1,linear-attention", out=str(tmp_path / "r"))
+    assert roped.ok is True and roped.graph.op_counts().get("rope") == 4
+    a = compiled.report["passes"][-1]["vs_eager"][0]["outputs"][0]["max_abs"]
+    b = roped.report["passes"][-1]["vs_eager"][0]["outputs"][0]["max_abs"]
+    assert abs(float(a) - float(b)) < 1e-4  # same function, fused or not

@@ -5,8 +5,8 @@
 
 Every IR op has a lowering in the table of `lowering.py` (`@lowers("op")`);
 `attention.py` (sdpa), `windowed_attention.py` (attention: Attention op, blocked
-window/block/global form, dense fallback), `linear_attention.py` and `moe.py`
-add their entries to it. `context.py` names
+window/block/global form, dense fallback), `linear_attention.py`, `moe.py`,
+`activations.py` (gated_act, bias_act) and `norms.py` (add_norm) add their entries to it. `context.py` names
 tensors and computes symbolic dims at run time, `flavors.py` lists the
 flavors, `model.py` assembles and checks the model.
 """
@@ -20,7 +20,7 @@ import onnx
 from ...ir.core import Graph
 from .context import LoweringError
 from .lowering import LOWERINGS, check_complete, lowers
-from . import attention, linear_attention, moe, windowed_attention  # noqa: E402,F401  (their @lowers entries join the table)
+from . import activations, attention, linear_attention, moe, norms, rope, windowed_attention  # noqa: E402,F401  (their @lowers entries join the table)
 from .model import build_model
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # weights beyond 1 GiB go to model.onnx.data

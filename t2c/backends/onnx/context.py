@@ -52,9 +52,10 @@ def tensor_proto(name: str, t: torch.Tensor) -> TensorProto:
 class Context:
     """Builds the ONNX node list while lowering one IR graph."""
 
-    def __init__(self, graph: Graph, opset: int):
+    def __init__(self, graph: Graph, opset: int, flavor: str = "standard"):
         self.graph = graph
         self.opset = opset
+        self.flavor = flavor  # "ort" lets lowerings emit com.microsoft ops (emit(..., domain="com.microsoft"))
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, TensorProto] = {}
         self.current_op = "graph"  # IR op being lowered; names its ONNX nodes

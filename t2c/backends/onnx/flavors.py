@@ -1,9 +1,11 @@
 """ONNX flavors: which operator domains a lowering may use.
 
 `standard` emits only ai.onnx ops, so the model runs on any ONNX runtime.
-`ort` is meant to use com.microsoft contrib ops where ONNX Runtime has faster
-kernels (GroupQueryAttention, SkipLayerNormalization, MatMulNBits, MoE, ...);
-for now it is accepted and lowers exactly like `standard`.
+`ort` may also use com.microsoft contrib ops where ONNX Runtime has faster
+kernels (BiasGelu, FastGelu so far; GroupQueryAttention, SkipLayerNormalization,
+MatMulNBits, MoE, ... as they land). A lowering reads `ctx.flavor` and emits
+with `domain="com.microsoft"`; ops without a contrib lowering lower as in
+`standard`, and the model imports a contrib domain only when a node uses it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ class Flavor:
 
 FLAVORS = {
     "standard": Flavor("standard"),
-    # Identical to standard until contrib-op lowerings are added.
-    "ort": Flavor("ort"),
+    "ort": Flavor("ort", (("com.microsoft", 1),)),
 }
 
 

@@ -39,7 +39,7 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
         if dynamic:
             raise UserError(f"static=True needs static input shapes; trace with static shapes ({', '.join(dynamic)})")
 
-    ctx = Context(graph, opset)
+    ctx = Context(graph, opset, flavor=fl.name)
     for node in graph.nodes:
         ctx.current_op = node.op
         for v, name in zip(node.outputs, lower_node(ctx, node)):
@@ -56,9 +56,14 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
         [value_info(name, v.type) for name, v in graph.outputs],
         initializer=list(ctx.initializers.values()),
     )
-    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, ver) for d, ver in fl.extra_domains]
+    # Import only the extra domains the nodes use, so a model without contrib ops is plain ai.onnx.
+    used = {n.domain for n in ctx.nodes if n.domain not in ("", "ai.onnx")}
+    allowed = dict(fl.extra_domains)
+    if used - set(allowed):
+        raise LoweringError(f"flavor {fl.name!r} may not use operator domains {sorted(used - set(allowed))}")
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, allowed[d]) for d in sorted(used)]
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="t2c")
-    model.ir_version = helper.find_min_ir_version_for(opsets)
+    model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)  # contrib domains have no IR table
     check(model)
     return model
 

@@ -23,23 +23,32 @@
    masks the blocked form does not take): explicit dense math with the
    structural mask built from Range/compare ops.
 
+With rope fused (rope != "none"), q and k are rotated first by the `rope`
+lowering (rope.py) and the attention is then lowered as above.
+
 Scores are computed in f32 for f16/bf16 inputs, as the IR reference does; rows
 that see no key give zeros.
 """
 
 from __future__ import annotations
 
-from ...ir.core import DType, dims_equal
-from ...ir.opdefs.attention import has_structure
+from dataclasses import replace
+from types import SimpleNamespace
+
+from ...ir.core import DType, Value, dims_equal
+from ...ir.opdefs.attention import attention_operands, has_structure
 from .attention import _repeat_heads
 from .context import ONNX_DTYPE, LoweringError
 from .lowering import arg, lowers, out_dtype
+from .rope import lower_rope
 
 BIG = 1 << 62  # "to the end" for Slice
 
 
 @lowers("attention")
 def _attention(ctx, node):
+    if node.attrs.rope != "none":
+        node = _with_rope_applied(ctx, node)
     a = node.attrs
     q_t, k_t = node.inputs[0].type, node.inputs[1].type
     same_len = dims_equal(q_t.shape[-2], k_t.shape[-2])
@@ -49,6 +58,19 @@ def _attention(ctx, node):
     if band is not None and same_len:
         return [_blocked(ctx, node, *band)]
     return [_dense(ctx, node)]
+
+
+def _with_rope_applied(ctx, node):
+    """A stand-in for `node` whose q and k are the rotated tensors (lowered by rope.py) and whose rope is "none"."""
+    q, k, v, mask, cos, sin = attention_operands(node.inputs, node.attrs)
+    interleaved, rd = node.attrs.rope == "interleaved", node.attrs.rotary_dim
+    rotated = []
+    for x in (q, k):
+        x2 = Value(x.type)  # not in the graph: only named in ctx
+        ctx.bind(x2, lower_rope(ctx, ctx.name(x), x, cos, sin, interleaved, rd))
+        rotated.append(x2)
+    inputs = tuple(rotated) + (v,) + ((mask,) if mask is not None else ())
+    return SimpleNamespace(op=node.op, inputs=inputs, outputs=node.outputs, attrs=replace(node.attrs, rope="none", rotary_dim=0))
 
 
 def _causal_only(a) -> bool:

@@ -1,6 +1,8 @@
 """Semantic attention ops: `attention` (softmax, with structured masks) and `linear_attention`.
 
-`attention(q, k, v, mask?)`, q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv]:
+`attention(q, k, v, mask?, cos?, sin?)`, q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv]:
+
+    q, k            = rope(q, cos, sin), rope(k, cos, sin)      if rope != "none"
 
     scores[b,h,i,j] = scale * q[b,h,i] . k[b,h // (Hq/Hkv),j]
     scores          = softcap * tanh(scores / softcap)          if softcap > 0
@@ -8,8 +10,12 @@
     scores         += mask[b,h,i,j]                             (additive float mask)
     out[b,h,i]      = softmax_j(scores where visible, else -inf) @ v[b, h // (Hq/Hkv)]
 
-and a query row that sees no key gives zeros. Positions i and j share one index
-space (no KV cache: Sq == Sk in practice, and i, j count from 0). The structural
+and a query row that sees no key gives zeros. With rope = "half" or
+"interleaved", the LAST two operands are cos and sin and q and k are first
+rotated by the `rope` op (t2c/ir/opdefs/rope.py) with interleaved = (rope ==
+"interleaved") and that rotary_dim; the mask, if any, stays operand 3, so there
+are 5 operands (no mask) or 6 (mask); with rope = "none", 3 or 4 and
+rotary_dim = 0. Positions i and j share one index space (no KV cache: Sq == Sk in practice, and i, j count from 0). The structural
 mask is, with -1 meaning "no limit":
 
     base(i, j)       = (left < 0 or j >= i - left) and (right < 0 or j <= i + right)
@@ -49,6 +55,23 @@ class AttentionAttrs:
     global_tokens: int = 0  # the first G positions see and are seen by every position
     kv_heads: int = 0  # number of KV heads (grouped-query attention); must equal k's head dim
     softcap: float = 0.0  # logits soft-capping (Gemma-2 style); 0: none
+    rope: str = "none"  # rotary embedding of q and k first: "none" | "half" | "interleaved"
+    rotary_dim: int = 0  # features of q/k that rotate when rope != "none"
+
+
+ROPE_KINDS = ("none", "half", "interleaved")
+
+
+def attention_operands(operands, a: AttentionAttrs):
+    """(q, k, v, mask, cos, sin) from an attention's operands (values, types or tensors); absent ones are None."""
+    q, k, v = operands[0], operands[1], operands[2]
+    rest = list(operands[3:])
+    cos = sin = None
+    if a.rope != "none":
+        cos, sin = rest[-2:] if len(rest) >= 2 else (None, None)
+        rest = rest[:-2]
+    mask = rest[0] if rest else None
+    return q, k, v, mask, cos, sin
 
 
 def structural_mask(sq: int, sk: int, a: AttentionAttrs, device=None) -> torch.Tensor:
@@ -74,8 +97,13 @@ def has_structure(a: AttentionAttrs) -> bool:
     return a.causal or a.window != (-1, -1) or a.block > 0 or a.global_tokens > 0
 
 
-def attention_reference(q, k, v, mask, a: AttentionAttrs) -> torch.Tensor:
+def attention_reference(q, k, v, mask, a: AttentionAttrs, cos=None, sin=None) -> torch.Tensor:
     """Explicit masked-softmax attention; the semantics every lowering must reproduce."""
+    if a.rope != "none":
+        from .rope import rope_reference
+
+        q = rope_reference(q, cos, sin, a.rope == "interleaved", a.rotary_dim)
+        k = rope_reference(k, cos, sin, a.rope == "interleaved", a.rotary_dim)
     hq, hkv = q.shape[-3], k.shape[-3]
     if hq != hkv:
         k = k.repeat_interleave(hq // hkv, dim=-3)
@@ -126,18 +154,39 @@ def _attention_verify(types, a):
         raise VerifyError("attention: window bounds are >= -1; block, global_tokens and softcap are >= 0")
     if a.scale <= 0 or not math.isfinite(a.scale):
         raise VerifyError("attention: scale must be positive")
-    if len(types) == 4 and types[3].dtype not in (DType.BOOL,) and not types[3].dtype.is_float:
+    if a.rope not in ROPE_KINDS:
+        raise VerifyError(f"attention: rope must be one of {ROPE_KINDS}, got {a.rope!r}")
+    if a.rope == "none":
+        if len(types) > 4:
+            raise VerifyError("attention: cos/sin operands need rope=\"half\" or \"interleaved\"")
+        if a.rotary_dim != 0:
+            raise VerifyError("attention: rotary_dim must be 0 when rope is none")
+    else:
+        if len(types) not in (5, 6):
+            raise VerifyError("attention: with rope the operands are (q, k, v, mask?, cos, sin)")
+        from .rope import check_rope_types
+
+        _, _, _, _, cos, sin = attention_operands(types, a)
+        for x in (types[0], types[1]):
+            check_rope_types(x, cos, sin, a.rope == "interleaved", a.rotary_dim, "attention")
+    mask = attention_operands(types, a)[3]
+    if mask is not None and mask.dtype not in (DType.BOOL,) and not mask.dtype.is_float:
         raise VerifyError("attention: the mask must be bool (true = keep) or float (added to the scores)")
+
+
+def _attention_run(ts, a):
+    q, k, v, mask, cos, sin = attention_operands(ts, a)
+    return attention_reference(q, k, v, mask, a, cos, sin)
 
 
 define_op(
     "attention",
-    ("q", "k", "v", "mask?"),
+    ("q", "k", "v", "mask?", "cos?", "sin?"),
     _attention_infer,
-    lambda ctx, a, q, k, v, mask=None: attention_reference(q, k, v, mask, a),
+    lambda ctx, a, *ts: _attention_run(ts, a),
     AttentionAttrs,
     verify=_attention_verify,
-    doc="softmax attention with causal / sliding-window / block-local / global-token structure, GQA, softcap, optional mask",
+    doc="softmax attention with causal / sliding-window / block-local / global-token structure, GQA, softcap, optional mask, optional rotary embedding of q and k (cos, sin last)",
 )
 
 
