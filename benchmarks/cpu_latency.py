@@ -61,6 +61,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import zoo  # noqa: E402
+from anchors import torch_onnx_export  # noqa: E402
 
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision-missing noise
 
@@ -118,26 +119,6 @@ def heads_and_hidden(config) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- builders
-
-def torch_onnx_export(model, inputs, path):
-    """torch.onnx.export(dynamo=True) through a positional wrapper, as benchmarks/export.py does."""
-    class Positional(torch.nn.Module):
-        def __init__(self, inner, names):
-            super().__init__()
-            self.inner, self.names = inner, names
-
-        def forward(self, *args):
-            return tuple(flatten_outputs(self.inner(**dict(zip(self.names, args))))[1])
-
-    names = list(inputs)
-    # Dim.AUTO, as t2c uses: a batch-1 example would make a named Dim fail to export.
-    dynamic = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},) * len(names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Positional(model, names), tuple(inputs.values()), path, dynamo=True, input_names=names,
-                          dynamic_shapes=(dynamic,), verbose=False, optimize=True)
-    return path
-
 
 def onnxscript_fusions(src: str, dst: str) -> tuple[str, dict]:
     import onnx_ir

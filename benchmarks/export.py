@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 
 import torch
 
@@ -36,9 +35,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import zoo  # noqa: E402
+from anchors import torch_onnx_export  # noqa: E402
 
 import t2c  # noqa: E402
-from t2c.frontends.torch_export import flatten_outputs  # noqa: E402
 from t2c.runtime import OnnxSession  # noqa: E402
 
 
@@ -63,23 +62,9 @@ def t2c_compile(model, inputs, out_dir):
     return compile_s, validated_s, compiled.ok
 
 
-def torch_onnx_export(model, inputs, path):
-    class Positional(torch.nn.Module):
-        def __init__(self, inner, names):
-            super().__init__()
-            self.inner, self.names = inner, names
-
-        def forward(self, *args):
-            return tuple(flatten_outputs(self.inner(**dict(zip(self.names, args))))[1])
-
-    names = list(inputs)
-    # Dim.AUTO, as t2c uses: a batch-1 example would make a named Dim fail to export.
-    dynamic = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},) * len(names)
+def timed_torch_onnx_export(model, inputs, path) -> float:
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Positional(model, names), tuple(inputs.values()), path, dynamo=True, input_names=names,
-                          dynamic_shapes=(dynamic,), verbose=False, optimize=True)
+    torch_onnx_export(model, inputs, path)
     return time.perf_counter() - t0
 
 
@@ -101,7 +86,7 @@ def bench_model(name: str, seq: int, repeat: int, workdir: str) -> dict:
         row["t2c_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     path = os.path.join(workdir, f"{name}-{seq}-torch.onnx")
     try:
-        row["torch_onnx_export_s"] = torch_onnx_export(model, inputs, path)
+        row["torch_onnx_export_s"] = timed_torch_onnx_export(model, inputs, path)
         session = OnnxSession(path)
         row["torch_onnx_ort_ms"] = median_seconds(lambda: session(**inputs), repeat) * 1e3
     except Exception as e:  # noqa: BLE001

@@ -217,3 +217,17 @@ def test_attention_static_shapes(attrs):
     want = attention_reference(f["q"], f["k"], f["v"], None, attrs)
     have = torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in f.items()})[0])
     torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [A(causal=True, window=(7, -1)), A(window=(7, 5)), A(causal=True, window=(7, -1), global_tokens=3), A(window=(6, 6), global_tokens=2)],
+)
+def test_windows_wider_than_a_block(monkeypatch, attrs):
+    """Blocks capped below the window: each query block reaches several key blocks back (and forward)."""
+    from t2c.backends.onnx import windowed_attention
+
+    monkeypatch.setattr(windowed_attention, "MAX_BLOCK", 3)
+    bk, offs = windowed_attention.band_plan(attrs)
+    assert bk == 3 and len(offs) > 2
+    _check_attention(attrs, hq=4, hkv=2)

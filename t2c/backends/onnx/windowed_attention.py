@@ -6,9 +6,10 @@
 2. Banded structure (a sliding window bounded on both sides, causal or not,
    block-local attention, each optionally with global tokens): the *blocked*
    form, which never materialises an Sq x Sk tensor. The sequence is padded at
-   run time to a multiple of the block size Bk, Q is viewed as [B,H,nb,Bk,D]
-   and each query block attends to the key blocks at offsets -1/0/+1 (those
-   its band can reach), concatenated into [B,H,nb,nOff*Bk,D]. The exact IR rule
+   run time to a multiple of the block size Bk (the window's reach, at most
+   MAX_BLOCK), Q is viewed as [B,H,nb,Bk,D] and each query block attends to
+   the key blocks its band can reach (offsets -n..+m), concatenated into
+   [B,H,nb,nOff*Bk,D]. The exact IR rule
    is applied as a -inf mask computed from absolute positions (query
    blk*Bk + r, key (blk+o)*Bk + c), which also drops the padding keys. Global
    tokens add a score slab against keys 0..G-1 (the band excludes those keys so
@@ -78,6 +79,11 @@ def _causal_only(a) -> bool:
     return a.causal and a.window[0] < 0 and a.block == 0
 
 
+# Blocks no larger than this: a window of W then costs keys W + Bk per query instead
+# of 2W (block i-1 and i), at the price of more, smaller key slices.
+MAX_BLOCK = 128
+
+
 def band_plan(a) -> tuple[int, tuple[int, ...]] | None:
     """(block size Bk, key-block offsets) for the blocked form, or None when the band is unbounded."""
     left, right = a.window
@@ -86,9 +92,9 @@ def band_plan(a) -> tuple[int, tuple[int, ...]] | None:
     reach_r = 0 if a.causal else right
     if left < 0 or reach_r < 0:
         return None
-    bk = max(left, reach_r) + 1  # left/right reach <= Bk - 1: at most one block either side
-    offs = ((-1,) if left > 0 else ()) + (0,) + ((1,) if reach_r > 0 else ())
-    return bk, offs
+    bk = min(max(left, reach_r) + 1, MAX_BLOCK)
+    n_left, n_right = -(-left // bk), -(-reach_r // bk)  # blocks the band reaches on each side
+    return bk, tuple(range(-n_left, n_right + 1))
 
 
 # -- the Attention op --------------------------------------------------------------------
@@ -258,8 +264,8 @@ def _blocked(ctx, node, bk: int, offs: tuple[int, ...]):
     seq = ctx.dim1(node.inputs[0].type.shape[-2])  # [1]; shared by every attention node of the graph
     bk_c = ctx.ints([bk])
     pad = ctx.emit("Mod", [ctx.emit("Sub", [bk_c, ctx.emit("Mod", [seq, bk_c])]), bk_c])  # (Bk - S % Bk) % Bk
-    front = bk if -1 in offs else 0
-    back = ctx.emit("Add", [pad, ctx.ints([bk if 1 in offs else 0])])
+    front = -min(offs) * bk
+    back = ctx.emit("Add", [pad, ctx.ints([max(offs) * bk])])
     n_off = len(offs)
     lo = min(offs)
 
