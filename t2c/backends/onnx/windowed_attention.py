@@ -282,16 +282,23 @@ def _blocked(ctx, node, bk: int, offs: tuple[int, ...]):
         shp = ctx.emit("Concat", parts, axis=0) if len(parts) > 1 else parts[0]
         return ctx.emit("Reshape", [x, shp])
 
+    nb = ctx.emit("Div", [ctx.emit("Add", [seq, pad]), bk_c])  # [1] query blocks
+    # key block indices [nb, nOff]: query block b reads padded key blocks b .. b+nOff-1
+    window_idx = ctx.emit("Add", [ctx.emit("Unsqueeze", [_range(ctx, nb), ctx.ints([1])]), ctx.const(list(range(n_off)), DType.I64, (1, n_off))])
+
     def key_blocks(x, rank, axis):
-        """[.., S, *tail] -> [.., nb, nOff*Bk, *tail]: for each query block, its key blocks side by side."""
+        """[.., S, *tail] -> [.., nb, nOff*Bk, *tail]: for each query block, its key blocks side by side.
+
+        One Gather of the blocks each query block reaches (a single copy), then a free reshape.
+        """
         xb = blocks(pad_seq(x, rank, axis, front, back), rank, axis)  # [.., nb + nOff - 1, Bk, ..]
         if n_off == 1:
             return xb
-        parts = []
-        for idx in range(n_off):
-            end = idx - (n_off - 1)
-            parts.append(ctx.emit("Slice", [xb, ctx.ints([idx]), ctx.ints([end if end < 0 else BIG]), ctx.ints([axis])]))
-        return ctx.emit("Concat", parts, axis=axis + 1)
+        g = ctx.emit("Gather", [xb, window_idx], axis=axis)  # [.., nb, nOff, Bk, ..]
+        parts = [ctx.emit("Shape", [g], start=0, end=axis + 1), ctx.ints([-1])]
+        if axis + 3 < rank + 2:
+            parts.append(ctx.emit("Shape", [g], start=axis + 3))
+        return ctx.emit("Reshape", [g, ctx.emit("Concat", parts, axis=0)])
 
     qb = blocks(pad_seq(q, 4, 2, 0, pad), 4, 2)  # [B,H,nb,Bk,D]
     kb, vb = key_blocks(k, 4, 2), key_blocks(v, 4, 2)  # [B,H,nb,nOff*Bk,D]
