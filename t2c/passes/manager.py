@@ -35,11 +35,12 @@ OPTION_TYPES = (int, float, bool, str)
 # default options. Approximate passes (window, linear attention) are never in a
 # preset: the user names them.
 _CLEANUP = ("fold-shapes", "cse", "dce")  # fold first: it leaves duplicate constants for cse and dead nodes for dce
-# Every exact pass: cleanup first (tidier matches), lifting, then dce for what lifting left dead.
+# Every exact pass: cleanup first (tidier matches), lift attention before fuse-rope (which
+# folds RoPE into the lifted op), the activation and norm fusions, then dce for what they left dead.
 _EXACT = ("fold-shapes", "cse", "lift-attention", "fuse-rope", "fuse-activation", "fuse-norm", "dce")
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": _CLEANUP,
-    "O1": _EXACT,  # fusion passes join here as they land
+    "O1": _EXACT,  # the sparse MoE dispatch joins here when it lands
     # -O1 plus int8 weight-only quantisation once it exists
     "O2": _EXACT,
 }
