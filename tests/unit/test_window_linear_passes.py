@@ -125,8 +125,6 @@ def test_both_are_approximate_and_run_after_lift_attention():
 
 
 def test_ordering_against_lift_attention():
-    if "lift-attention" not in all_passes():
-        pytest.skip("lift-attention is not registered yet")
     Pipeline.parse("lift-attention,window{size=8},linear-attention")
     with pytest.raises(UserError, match="window must run after lift-attention"):
         Pipeline.parse("window{size=8},lift-attention")
