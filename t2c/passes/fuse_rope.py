@@ -174,7 +174,7 @@ class PartialRope(RewriteRule):
         return Match(node, {"x": x, "rope": rope})
 
     def check(self, match: Match) -> str | None:
-        x, rope = match["x"], match["rope"]
+        x = match["x"]
         if not _same_type(match.root.outputs[0].type, x.type):
             return "the concatenation is not x's shape"
         return None

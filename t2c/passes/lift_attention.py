@@ -94,9 +94,8 @@ class _LiftRule(RewriteRule):
         if not (isinstance(q.type.shape[1], int) and isinstance(k.type.shape[1], int)):
             return "the head counts are not static"
         k0, rk = unrepeat_kv(k)
-        v0, rv = unrepeat_kv(v)
-        if rk != rv:
-            k0, v0 = k, v
+        if rk != unrepeat_kv(v)[1]:
+            k0 = k
         if q.type.shape[1] % k0.type.shape[1]:
             return "query heads are not a multiple of key heads"
         if site.mask is not None and not site.mask_is_keep and site.mask.type.dtype.name != "BOOL":
@@ -310,7 +309,6 @@ class UnflattenBatchedMatmul(RewriteRule):
         out = match.root.outputs[0].type.shape
         mm = match["mm"]
         x, m, n = mm.outputs[0].type.shape
-        k = mm.inputs[0].type.shape[2]
         if not (dims_equal(dim_prod(out[:-2]), x) and dims_equal(out[-2], m) and dims_equal(out[-1], n)):
             return "the outer reshape does not split the bmm batch"
         return None

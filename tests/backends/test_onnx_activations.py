@@ -15,7 +15,7 @@ import torch
 import zoo
 from t2c.backends.onnx import lower
 from t2c.frontends.torch_export import trace
-from t2c.ir import DType, Graph, SymDim, TensorType, run_graph
+from t2c.ir import DType, Graph, TensorType, run_graph
 from t2c.ir.opdefs.activation import ActivationAttrs
 from t2c.passes import Pipeline
 

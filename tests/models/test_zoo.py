@@ -7,12 +7,12 @@ max abs difference <= 1e-5.
 import functools
 
 import pytest
-import torch
 
 import tiny_moe_transformer
 import zoo
+from eager_check import assert_matches_eager
 from t2c.frontends.torch_export import trace
-from t2c.ir import parse_graph, print_graph, run_graph, verify
+from t2c.ir import parse_graph, print_graph, verify
 
 FAMILIES = ["gpt2", "llama", "mistral", "bert", "mixtral", "minilm", "example"]
 SHAPES = [(2, 16), (3, 37)]  # the traced shape, then another batch and sequence length
@@ -26,10 +26,6 @@ def traced(family):
     else:
         model, examples = zoo.ZOO[family]()
     return model, trace(model, examples)
-
-
-def vocab(model):
-    return model.config.vocab_size if hasattr(model, "config") else model.embed_tokens.num_embeddings
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -53,17 +49,7 @@ def test_text_round_trip(family):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_interpreter_matches_eager(family, shape):
     model, graph = traced(family)
-    ids = torch.randint(0, vocab(model), shape, generator=torch.Generator().manual_seed(7))
-    got = run_graph(graph, {"input_ids": ids})
-    with torch.no_grad():
-        want = model(input_ids=ids)
-    if isinstance(want, torch.Tensor):
-        want = {"output": want}
-    assert list(got) == [k for k, v in want.items() if isinstance(v, torch.Tensor)]
-    for name, value in got.items():
-        assert value.shape == want[name].shape
-        err = (value - want[name]).abs().max().item()
-        assert err <= 1e-5, f"{family} {name} at {shape}: max abs error {err}"
+    assert_matches_eager(model, graph, family, shapes=(shape,), seed=7)
 
 
 def test_output_names_follow_model_fields():

@@ -267,7 +267,6 @@ def _blocked(ctx, node, bk: int, offs: tuple[int, ...]):
     front = -min(offs) * bk
     back = ctx.emit("Add", [pad, ctx.ints([max(offs) * bk])])
     n_off = len(offs)
-    lo = min(offs)
 
     def pad_seq(x, rank, axis, before, after):
         zeros = ctx.ints([0])

@@ -128,7 +128,7 @@ def attention_reference(q, k, v, mask, a: AttentionAttrs, cos=None, sin=None) ->
 
 
 def _attention_infer(types, a):
-    q, k, v = types[0], types[1], types[2]
+    q, v = types[0], types[2]
     return [q.with_shape(q.shape[:-1] + (v.shape[-1],))]
 
 

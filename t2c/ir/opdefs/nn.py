@@ -111,7 +111,7 @@ class SDPAAttrs:
 
 
 def _sdpa_infer(types, a):
-    q, k, v = types[0], types[1], types[2]
+    q, v = types[0], types[2]
     return [q.with_shape(q.shape[:-1] + (v.shape[-1],))]
 
 
