@@ -90,3 +90,46 @@ def minilm(batch: int = 2, seq: int = 16, max_positions: int = 512):
 
 
 ZOO = {"gpt2": gpt2, "llama": llama, "mistral": mistral, "bert": bert, "mixtral": mixtral, "minilm": minilm}
+
+
+def example(batch: int = 2, seq: int = 16):
+    """The bundled example: a pure-PyTorch pre-norm transformer with RoPE, GQA and a top-2 MoE."""
+    import tiny_moe_transformer
+
+    model, (ids,) = tiny_moe_transformer.build()
+    return model, {"input_ids": ids[:batch, :seq]}
+
+
+def _variant(make_config, model_class, *, seed: int = 0):
+    """A builder for a Hugging Face model from a small config, traced with 2x16 token ids."""
+
+    def build(batch: int = 2, seq: int = 16):
+        import transformers
+
+        torch.manual_seed(seed)
+        model = getattr(transformers, model_class)(make_config(transformers))
+        return _finish(model), _ids(batch, seq)
+
+    build.__doc__ = f"{model_class} from a small config (a spelling the passes must recognise)."
+    return build
+
+
+# Other spellings of the same ideas, for the passes' tests: eager attention (matmul, mask,
+# softmax, matmul) instead of SDPA, Gemma-2's soft-capped logits and alternating
+# sliding/global layers, partial rotary (Phi) and interleaved rotary (GPT-J).
+VARIANTS = {
+    "llama-eager": _variant(lambda t: t.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, attn_implementation="eager"), "LlamaForCausalLM"),
+    "gpt2-eager": _variant(lambda t: t.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, attn_implementation="eager", bos_token_id=0, eos_token_id=0), "GPT2LMHeadModel"),
+    "bert-eager": _variant(lambda t: t.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=VOCAB, attn_implementation="eager"), "BertModel"),
+    "gemma2-eager": _variant(lambda t: t.Gemma2Config(num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=VOCAB, sliding_window=8, attn_implementation="eager", attn_logit_softcapping=50.0), "Gemma2ForCausalLM"),
+    "phi-partial": _variant(lambda t: t.PhiConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=VOCAB, partial_rotary_factor=0.5), "PhiForCausalLM"),
+    "gptj-interleaved": _variant(lambda t: t.GPTJConfig(n_layer=2, n_embd=64, n_head=4, rotary_dim=8, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0), "GPTJForCausalLM"),
+}
+
+
+def build(name: str, **kwargs):
+    """(model, example_inputs) of any zoo model, the example, or a variant, by name."""
+    builders = {**ZOO, "example": example, **VARIANTS}
+    if name not in builders:
+        raise KeyError(f"no zoo model {name!r}; choose one of {', '.join(builders)}")
+    return builders[name](**kwargs)

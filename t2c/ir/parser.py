@@ -23,12 +23,13 @@ class _Ident(str):
     """A bare word in attr position: a dtype or a symbolic dim, decided by the field type."""
 
 
-def split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on `sep` at bracket depth 0, outside strings."""
-    parts, depth, cur, in_str, esc = [], 0, [], False, False
-    for ch in text:
+def _scan(text: str) -> tuple[list[tuple[int, str, int]], int, bool]:
+    """Every character outside string literals with the bracket depth it sits at
+    (an opening bracket and its closing one share a depth), the final depth, and
+    whether a string literal is left open."""
+    events, depth, in_str, esc = [], 0, False, False
+    for i, ch in enumerate(text):
         if in_str:
-            cur.append(ch)
             if esc:
                 esc = False
             elif ch == "\\":
@@ -38,19 +39,29 @@ def split_top(text: str, sep: str = ",") -> list[str]:
             continue
         if ch == '"':
             in_str = True
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
+            continue
+        if ch in ")]}":
             depth -= 1
-        if ch == sep and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    tail = "".join(cur).strip()
-    if tail or parts:
-        parts.append(tail)
-    return parts
+        events.append((i, ch, depth))
+        if ch in "([{":
+            depth += 1
+    return events, depth, in_str
+
+
+def balanced(text: str) -> bool:
+    """Brackets close in order and no string literal is left open."""
+    events, depth, in_str = _scan(text)
+    return depth == 0 and not in_str and all(d >= 0 for _, _, d in events)
+
+
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` at bracket depth 0, outside strings."""
+    cuts = [i for i, ch, d in _scan(text)[0] if ch == sep and d == 0]
+    if not cuts:
+        tail = text.strip()
+        return [tail] if tail else []
+    bounds = [-1] + cuts + [len(text)]
+    return [text[lo + 1 : hi].strip() for lo, hi in zip(bounds, bounds[1:])]
 
 
 def parse_literal(text: str) -> Any:
@@ -135,25 +146,11 @@ def parse_type(text: str) -> TensorType:
 
 def _matching(text: str, start: int, open_ch: str, close_ch: str) -> int:
     """Index of the bracket closing the one at `start`, skipping strings."""
-    depth, in_str, esc = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-            continue
-        if ch == '"':
-            in_str = True
-        elif ch == open_ch:
-            depth += 1
-        elif ch == close_ch:
-            depth -= 1
-            if depth == 0:
-                return i
+    events = _scan(text)[0]
+    depth = next((d for i, _, d in events if i == start), None)
+    for i, ch, d in events:
+        if i > start and ch == close_ch and d == depth:
+            return i
     raise ValueError(f"unbalanced {open_ch}{close_ch}")
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, ClassVar
 
 from ..errors import UserError, VerifyError
 from ..ir.core import Graph
-from ..ir.parser import split_top
+from ..ir.parser import balanced, split_top
 from ..ir.verifier import verify
 
 OPTION_TYPES = (int, float, bool, str)
@@ -184,7 +184,7 @@ class Pipeline:
         text = text.strip()
         if not text:
             return cls(())
-        if _unbalanced(text):
+        if not balanced(text):
             raise UserError(f"pipeline {text!r} has unbalanced braces or quotes")
         passes: list[Pass] = []
         for item in split_top(text):
@@ -297,27 +297,6 @@ def _format_option(value: Any) -> str:
         # bare words print bare; anything that could confuse the pipeline grammar is quoted
         return value if re.fullmatch(r"[A-Za-z0-9_.\-/:+]+", value) else json.dumps(value)
     return str(value)
-
-
-def _unbalanced(text: str) -> bool:
-    depth, in_str, esc = 0, False, False
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth < 0:
-                return True
-    return depth != 0 or in_str
 
 
 def _parse_item(item: str, text: str) -> Pass:

@@ -9,7 +9,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import tiny_moe_transformer
 import zoo
 from t2c.backends.onnx import lower
 from t2c.frontends.torch_export import trace
@@ -22,11 +21,7 @@ OUTPUTS = {"bert": ["last_hidden_state", "pooler_output"], "minilm": ["last_hidd
 
 @functools.lru_cache(maxsize=None)
 def lowered(family):
-    if family == "example":
-        model, (ids,) = tiny_moe_transformer.build()
-        examples = {"input_ids": ids}
-    else:
-        model, examples = zoo.ZOO[family]()
+    model, examples = zoo.build(family)
     graph = trace(model, examples)
     proto = lower(graph)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -18,7 +18,7 @@ from t2c.passes import Pipeline
 
 @functools.lru_cache(maxsize=None)
 def optimized(family):
-    model, examples = zoo.ZOO[family]()
+    model, examples = zoo.build(family)
     graph, records = Pipeline.preset("O1").run(trace(model, examples), verify_each=True)
     stats = next(r.stats for r in records if r.name == "fuse-activation")
     return model, graph, stats

@@ -23,7 +23,7 @@ NORM_OPS = ("rms_norm", "layer_norm", "add_norm")
 
 @functools.lru_cache(maxsize=None)
 def optimised(family):
-    model, examples = zoo.ZOO[family]()
+    model, examples = zoo.build(family)
     graph, records = Pipeline.preset("O1").run(trace(model, examples), verify_each=True)
     stats = next(r.stats for r in records if r.name == "fuse-norm")
     return model, graph, stats

@@ -11,40 +11,16 @@ interpreter matches eager at two shapes.
 import functools
 
 import pytest
-import torch
-import transformers
 
-import tiny_moe_transformer
 import zoo
 from eager_check import assert_matches_eager
 from t2c.frontends.torch_export import trace
 from t2c.passes import Pipeline
 
-V = zoo.VOCAB
-
-
-def _hf(family):
-    torch.manual_seed(0)
-    if family == "phi-partial":
-        cfg = transformers.PhiConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=V, partial_rotary_factor=0.5)
-        return transformers.PhiForCausalLM(cfg)
-    if family == "gptj-interleaved":
-        cfg = transformers.GPTJConfig(n_layer=2, n_embd=64, n_head=4, rotary_dim=8, vocab_size=V, bos_token_id=0, eos_token_id=0)
-        return transformers.GPTJForCausalLM(cfg)
-    raise KeyError(family)
-
 
 @functools.lru_cache(maxsize=None)
 def model_and_graph(family):
-    if family == "example":
-        model, (ids,) = tiny_moe_transformer.build()
-        examples = {"input_ids": ids}
-    elif family in zoo.ZOO:
-        model, examples = zoo.ZOO[family]()
-    else:
-        model = _hf(family).eval()
-        model.config.use_cache = False
-        examples = {"input_ids": torch.randint(0, V, (2, 16))}
+    model, examples = zoo.build(family)
     return model, trace(model, examples)
 
 

@@ -9,46 +9,16 @@ matches eager at two shapes.
 import functools
 
 import pytest
-import torch
-import transformers
 
-import tiny_moe_transformer
 import zoo
 from eager_check import assert_matches_eager
 from t2c.frontends.torch_export import trace
 from t2c.passes import Pipeline
 
-V = zoo.VOCAB
-
-
-def _eager(family):
-    torch.manual_seed(0)
-    if family == "llama-eager":
-        cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=V, attn_implementation="eager")
-        return transformers.LlamaForCausalLM(cfg)
-    if family == "gpt2-eager":
-        cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=V, attn_implementation="eager", bos_token_id=0, eos_token_id=0)
-        return transformers.GPT2LMHeadModel(cfg)
-    if family == "bert-eager":
-        cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=V, attn_implementation="eager")
-        return transformers.BertModel(cfg)
-    if family == "gemma2-eager":
-        cfg = transformers.Gemma2Config(num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=V, sliding_window=8, attn_implementation="eager", attn_logit_softcapping=50.0)
-        return transformers.Gemma2ForCausalLM(cfg)
-    raise KeyError(family)
-
 
 @functools.lru_cache(maxsize=None)
 def lifted(family):
-    if family == "example":
-        model, (ids,) = tiny_moe_transformer.build()
-        examples = {"input_ids": ids}
-    elif family in zoo.ZOO:
-        model, examples = zoo.ZOO[family]()
-    else:
-        model = _eager(family).eval()
-        model.config.use_cache = False
-        examples = {"input_ids": torch.randint(0, V, (2, 16))}
+    model, examples = zoo.build(family)
     graph = trace(model, examples)
     graph, records = Pipeline.parse("fold-shapes,cse,lift-attention,dce").run(graph, verify_each=True)
     return model, graph, records[2].stats

@@ -8,7 +8,6 @@ import functools
 
 import pytest
 
-import tiny_moe_transformer
 import zoo
 from eager_check import assert_matches_eager
 from t2c.frontends.torch_export import trace
@@ -20,11 +19,7 @@ SHAPES = [(2, 16), (3, 37)]  # the traced shape, then another batch and sequence
 
 @functools.lru_cache(maxsize=None)
 def traced(family):
-    if family == "example":
-        model, (ids,) = tiny_moe_transformer.build()
-        examples = {"input_ids": ids}
-    else:
-        model, examples = zoo.ZOO[family]()
+    model, examples = zoo.build(family)
     return model, trace(model, examples)
 
 

@@ -8,22 +8,14 @@ import pytest
 import torch
 
 import t2c
-import tiny_moe_transformer
 import zoo
 
 FAMILIES = ["gpt2", "llama", "mistral", "bert", "mixtral", "minilm", "example"]
 
 
-def build(family):
-    if family == "example":
-        model, (ids,) = tiny_moe_transformer.build()
-        return model, {"input_ids": ids}
-    return zoo.ZOO[family]()
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_compiled_onnx_matches_eager(family, tmp_path):
-    model, examples = build(family)
+    model, examples = zoo.build(family)
     compiled = t2c.compile(model, examples, passes="-O1", out=str(tmp_path / family))
     assert compiled.ok is True
     # Independent of t2c's own runtime wrapper: plain onnxruntime on the file.
