@@ -37,8 +37,8 @@ def _graph(op, attrs, hq=4, hkv=4, mask=None, dv=D):
     return g
 
 
-def _session(g):
-    return ort.InferenceSession(lower(g).SerializeToString(), providers=["CPUExecutionProvider"])
+def _session(g, flavor="standard"):
+    return ort.InferenceSession(lower(g, flavor=flavor).SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def _feeds(b, s, hq, hkv, mask=None, dv=D, seed=0):
@@ -61,9 +61,9 @@ def _feeds(b, s, hq, hkv, mask=None, dv=D, seed=0):
     return f
 
 
-def _check_attention(attrs, hq=4, hkv=4, mask=None, lengths=LENGTHS, tol=1e-5):
+def _check_attention(attrs, hq=4, hkv=4, mask=None, lengths=LENGTHS, tol=1e-5, flavor="standard"):
     g = _graph("attention", attrs, hq, hkv, mask)
-    sess = _session(g)
+    sess = _session(g, flavor)
     for b, s in lengths:
         f = _feeds(b, s, hq, hkv, mask)
         want = attention_reference(f["q"], f["k"], f["v"], f.get("mask"), attrs)
@@ -88,6 +88,9 @@ CASES = {
     "plain-bool-mask": (A(), 4, 4, (BOOL, ("batch", 1, "seq", "seq"))),
     "plain-float-mask-softcap": (A(softcap=2.0), 4, 4, (F32, (1, 1, "seq", "seq"))),
     "plain-pad-mask": (A(), 4, 4, PAD_MASK),
+    "plain-float-pad-mask": (A(), 4, 4, FLOAT_PAD_MASK),
+    "plain-float-head-mask": (A(), 4, 4, (F32, ("batch", 4, "seq", "seq"))),
+    "plain-float-2d-mask": (A(), 4, 4, (F32, ("seq", "seq"))),
     "causal": (A(causal=True), 4, 4, None),
     "causal-gqa-softcap": (A(causal=True, kv_heads=2, softcap=1.0, scale=1.0), 4, 2, None),
     "causal-pad-mask": (A(causal=True), 4, 4, PAD_MASK),
@@ -115,14 +118,42 @@ CASES = {
 }
 
 
+# Flavor ort: the com.microsoft kernel each case gets (ort_attention.py); the others lower as in standard.
+ORT_KERNEL = {
+    "plain": "MultiHeadAttention",
+    "plain-float-pad-mask": "MultiHeadAttention",
+    "plain-float-head-mask": "MultiHeadAttention",
+    "plain-float-2d-mask": "MultiHeadAttention",
+    "causal": "GroupQueryAttention",
+    "causal-gqa-softcap": "GroupQueryAttention",
+    "causal-global-only": "GroupQueryAttention",
+}
+# Not taken, each for a reason: non-causal GQA, softcap without causality, a bool mask (a fully
+# masked row would give NaN), a mask with causality, windows (GQA's local window is O(n^2)).
+assert {"plain-gqa", "plain-softcap", "plain-pad-mask", "causal-pad-mask", "sliding-causal-gqa"}.isdisjoint(ORT_KERNEL)
+
+
+@pytest.mark.parametrize("flavor", ["standard", "ort"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_attention(name):
+def test_attention(name, flavor):
     attrs, hq, hkv, mask = CASES[name]
     if name == "window-full-mask":  # [B,1,S,S] with structure: rejected by the blocked form
         with pytest.raises(LoweringError, match="padding-style mask"):
-            lower(_graph("attention", attrs, hq, hkv, mask))
+            lower(_graph("attention", attrs, hq, hkv, mask), flavor=flavor)
         return
-    _check_attention(attrs, hq, hkv, mask)
+    ops = {(n.domain, n.op_type) for n in lower(_graph("attention", attrs, hq, hkv, mask), flavor=flavor).graph.node}
+    contrib = {op for domain, op in ops if domain == "com.microsoft"}
+    want = {ORT_KERNEL[name]} if flavor == "ort" and name in ORT_KERNEL else set()
+    assert contrib == want, ops
+    _check_attention(attrs, hq, hkv, mask, flavor=flavor)
+
+
+def test_ort_attention_only_in_float32():
+    """The float32 causal case takes GroupQueryAttention (test above); the same in float16 does not."""
+    half = Graph()
+    ins = [half.add_input(n, TensorType(DType.F16, ("batch", 4, "seq", D))) for n in ("q", "k", "v")]
+    half.set_output("y", half.add_node("attention", ins, A(causal=True)).output)
+    assert not [n for n in lower(half, flavor="ort").graph.node if n.domain == "com.microsoft"]
 
 
 def test_attention_dispatch():

@@ -25,7 +25,9 @@
    structural mask built from Range/compare ops.
 
 With rope fused (rope != "none"), q and k are rotated first by the `rope`
-lowering (rope.py) and the attention is then lowered as above.
+lowering (rope.py) and the attention is then lowered as above. Flavor `ort`
+first tries ONNX Runtime's GroupQueryAttention / MultiHeadAttention
+(ort_attention.py), which take the cases they compute exactly.
 
 Scores are computed in f32 for f16/bf16 inputs, as the IR reference does; rows
 that see no key give zeros.
@@ -41,6 +43,7 @@ from ...ir.opdefs.attention import attention_operands, has_structure
 from .attention import _repeat_heads
 from .context import ONNX_DTYPE, LoweringError
 from .lowering import arg, lowers, out_dtype
+from .ort_attention import lower_ort_attention, ort_attention_kernel
 from .rope import lower_rope
 
 BIG = 1 << 62  # "to the end" for Slice
@@ -50,6 +53,10 @@ BIG = 1 << 62  # "to the end" for Slice
 def _attention(ctx, node):
     if node.attrs.rope != "none":
         node = _with_rope_applied(ctx, node)
+    if ctx.flavor == "ort":
+        kernel = ort_attention_kernel(node)
+        if kernel is not None:
+            return [lower_ort_attention(ctx, node, kernel)]
     a = node.attrs
     q_t, k_t = node.inputs[0].type, node.inputs[1].type
     same_len = dims_equal(q_t.shape[-2], k_t.shape[-2])

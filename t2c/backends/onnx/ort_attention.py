@@ -1,0 +1,114 @@
+"""Flavor `ort`: `attention` on ONNX Runtime's com.microsoft attention kernels.
+
+Two kernels, each used only where its documented semantics are exactly the IR's
+(t2c/ir/opdefs/attention.py); every other attention lowers as in `standard`
+(windowed_attention.py). Both take and return [B, S, H*D] tensors, so q, k, v
+[B, H, S, D] are transposed and merged here and the output split back; the
+transposes cancel against the model's own in ONNX Runtime's transpose optimizer.
+
+* GroupQueryAttention: causal self-attention with an unlimited left reach and no
+  mask operand (the decoder case), any Hq that is a multiple of Hkv, optional
+  softcap (applied to the scaled scores before masking, as in the IR). The
+  kernel is always causal: with no KV cache, `seqlens_k` = S - 1 for every batch
+  row and `total_sequence_length` = S make query i see keys 0..i. Rotary stays a
+  separate RotaryEmbedding (do_rotary = 0): GQA's cos/sin caches are indexed by
+  position, while the IR's cos/sin are per-token tensors that may come from any
+  position ids. Its `local_window_size` is not used: the kernel still computes
+  every causal score (O(n^2)), where the blocked form in windowed_attention.py is
+  O(n*w).
+* MultiHeadAttention: attention with no structure (encoders), Hq == Hkv, no
+  softcap, and either no mask or an additive float mask, passed as
+  `attention_bias` expanded to [B or 1, H or 1, Sq, Sk]. A bool mask is not
+  passed: turned additive (-inf) a fully masked row would give NaN where the IR
+  gives zeros.
+
+Only float32: the kernels' float16 paths were not measured here. Measured
+against `standard` (benchmarks/ort_kernels.py): both are faster on ONNX Runtime's
+CPU provider at sequence 512 (see the README's benchmark section).
+"""
+
+from __future__ import annotations
+
+from ...ir.core import DType, dims_equal
+from ...ir.opdefs.attention import attention_operands, has_structure
+from .context import ONNX_DTYPE
+from .lowering import arg
+
+MS_DOMAIN = "com.microsoft"
+
+
+def ort_attention_kernel(node) -> str | None:
+    """The com.microsoft op that computes `node` (rope already applied) exactly, or None."""
+    a = node.attrs
+    q, k, v, mask, _, _ = attention_operands(node.inputs, a)
+    types = (q.type, k.type, v.type)
+    if any(t.rank != 4 or t.dtype != DType.F32 for t in types):
+        return None
+    if not all(isinstance(t.shape[1], int) and isinstance(t.shape[3], int) for t in types):
+        return None
+    if not dims_equal(q.type.shape[2], k.type.shape[2]) or q.type.shape[3] != v.type.shape[3]:
+        return None
+    hq, hkv = q.type.shape[1], k.type.shape[1]
+    if hq % hkv:
+        return None
+    if a.causal and a.window[0] < 0 and a.block == 0 and mask is None:
+        return "GroupQueryAttention"
+    mask_ok = mask is None or _bias_broadcasts(mask.type, q.type, k.type)
+    if not has_structure(a) and hq == hkv and a.softcap == 0 and mask_ok:
+        return "MultiHeadAttention"
+    return None
+
+
+def lower_ort_attention(ctx, node, kernel: str) -> str:
+    """The ONNX name of `node`'s output [B, Hq, S, Dv], computed by `kernel`."""
+    a = node.attrs
+    q_v, k_v, v_v, mask_v, _, _ = attention_operands(node.inputs, a)
+    hq, hkv, dv = q_v.type.shape[1], k_v.type.shape[1], v_v.type.shape[3]
+    q, k, v = (_merge_heads(ctx, arg(ctx, node, i), node.inputs[i].type) for i in range(3))
+    if kernel == "GroupQueryAttention":
+        seq = ctx.emit("Cast", [ctx.emit("Shape", [q], start=1, end=2)], to=ONNX_DTYPE[DType.I32])  # [S]
+        batch = ctx.emit("Shape", [q], start=0, end=1)  # [B]
+        seqlens_k = ctx.emit("Expand", [ctx.emit("Sub", [seq, ctx.const([1], DType.I32)]), batch])
+        total = ctx.emit("Squeeze", [seq, ctx.ints([0])])
+        attrs = {"num_heads": hq, "kv_num_heads": hkv, "scale": float(a.scale)}
+        if a.softcap > 0:
+            attrs["softcap"] = float(a.softcap)
+        out = ctx.emit(kernel, [q, k, v, "", "", seqlens_k, total], domain=MS_DOMAIN, **attrs)
+    else:
+        inputs = [q, k, v]
+        if mask_v is not None:
+            inputs += ["", "", _attention_bias(ctx, arg(ctx, node, 3), mask_v.type, node.inputs[0].type)]
+        out = ctx.emit(kernel, inputs, domain=MS_DOMAIN, num_heads=hq, scale=float(a.scale))
+    split = ctx.emit("Reshape", [out, ctx.ints([0, 0, hq, dv])])
+    return ctx.emit("Transpose", [split], perm=[0, 2, 1, 3])
+
+
+def _bias_broadcasts(m_t, q_t, k_t) -> bool:
+    """A float mask that broadcasts to MultiHeadAttention's attention_bias [B|1, H|1, Sq|1, Sk]."""
+    if m_t.dtype != DType.F32 or m_t.rank > 4:
+        return False
+    b, h, sq, sk = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
+    return (
+        (b == 1 or dims_equal(b, q_t.shape[0]))
+        and (h == 1 or dims_equal(h, q_t.shape[1]))
+        and (sq == 1 or dims_equal(sq, q_t.shape[2]))
+        and dims_equal(sk, k_t.shape[2])
+    )
+
+
+def _merge_heads(ctx, x: str, t) -> str:
+    """[B, H, S, D] -> [B, S, H*D]."""
+    x = ctx.emit("Transpose", [x], perm=[0, 2, 1, 3])
+    return ctx.emit("Reshape", [x, ctx.ints([0, 0, t.shape[1] * t.shape[3]])])
+
+
+def _attention_bias(ctx, m: str, m_t, q_t) -> str:
+    """An additive mask broadcast to [B|1, H|1, Sq, Sk], the shapes MultiHeadAttention takes."""
+    if m_t.rank < 4:
+        m = ctx.emit("Unsqueeze", [m, ctx.ints(list(range(4 - m_t.rank)))])
+    lead = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
+    if dims_equal(lead[2], q_t.shape[2]):
+        return m
+    bh = ctx.emit("Shape", [m], start=0, end=2)  # B|1, H|1 stay as they are
+    want = ctx.emit("Concat", [bh, ctx.dim1(q_t.shape[2]), ctx.emit("Shape", [m], start=3, end=4)], axis=0)
+    return ctx.emit("Expand", [m, want])
