@@ -2,8 +2,9 @@
 
 `standard` emits only ai.onnx ops, so the model runs on any ONNX runtime.
 `ort` may also use com.microsoft contrib ops where ONNX Runtime has faster
-kernels (BiasGelu, FastGelu so far; GroupQueryAttention, SkipLayerNormalization,
-MatMulNBits, MoE, ... as they land). A lowering reads `ctx.flavor` and emits
+kernels that compute exactly the IR's semantics (GroupQueryAttention,
+MultiHeadAttention, BiasGelu, FastGelu; Skip(Simplified)LayerNormalization in
+float16; measured by benchmarks/ort_kernels.py). A lowering reads `ctx.flavor` and emits
 with `domain="com.microsoft"`; ops without a contrib lowering lower as in
 `standard`, and the model imports a contrib domain only when a node uses it.
 """
