@@ -148,6 +148,21 @@ def test_attention(name, flavor):
     _check_attention(attrs, hq, hkv, mask, flavor=flavor)
 
 
+@pytest.mark.parametrize("head_dim,kernel", [(12, None), (16, "GroupQueryAttention")])
+def test_ort_causal_kernel_needs_head_size_multiple_of_8(head_dim, kernel):
+    """GroupQueryAttention rejects head sizes not a multiple of 8 at run time: those stay standard, and run."""
+    g = Graph()
+    ins = [g.add_input(n, TensorType(F32, ("batch", h, "seq", head_dim))) for n, h in (("q", 4), ("k", 2), ("v", 2))]
+    attrs = AttentionAttrs(scale=head_dim**-0.5, causal=True, kv_heads=2)
+    g.set_output("y", g.add_node("attention", ins, attrs).output)
+    proto = lower(g, flavor="ort")
+    assert [n.op_type for n in proto.graph.node if n.domain == "com.microsoft"] == ([kernel] if kernel else [])
+    f = {n: torch.randn(2, v.type.shape[1], 19, head_dim, generator=torch.Generator().manual_seed(1)) for n, v in zip("qkv", ins)}
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    have = torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in f.items()})[0])
+    torch.testing.assert_close(have, attention_reference(f["q"], f["k"], f["v"], None, attrs), atol=1e-5, rtol=1e-5)
+
+
 def test_ort_attention_only_in_float32():
     """The float32 causal case takes GroupQueryAttention (test above); the same in float16 does not."""
     half = Graph()
