@@ -89,6 +89,7 @@ CASES = {
     "plain-float-mask-softcap": (A(softcap=2.0), 4, 4, (F32, (1, 1, "seq", "seq"))),
     "plain-pad-mask": (A(), 4, 4, PAD_MASK),
     "plain-float-pad-mask": (A(), 4, 4, FLOAT_PAD_MASK),
+    "plain-pad-mask-one-row": (A(), 4, 4, (BOOL, (1, 1, 1, "seq"))),
     "plain-float-head-mask": (A(), 4, 4, (F32, ("batch", 4, "seq", "seq"))),
     "plain-float-2d-mask": (A(), 4, 4, (F32, ("seq", "seq"))),
     "causal": (A(causal=True), 4, 4, None),
@@ -121,6 +122,8 @@ CASES = {
 # Flavor ort: the com.microsoft kernel each case gets (ort_attention.py); the others lower as in standard.
 ORT_KERNEL = {
     "plain": "MultiHeadAttention",
+    "plain-pad-mask": "MultiHeadAttention",
+    "plain-pad-mask-one-row": "MultiHeadAttention",
     "plain-float-pad-mask": "MultiHeadAttention",
     "plain-float-head-mask": "MultiHeadAttention",
     "plain-float-2d-mask": "MultiHeadAttention",
@@ -128,9 +131,10 @@ ORT_KERNEL = {
     "causal-gqa-softcap": "GroupQueryAttention",
     "causal-global-only": "GroupQueryAttention",
 }
-# Not taken, each for a reason: non-causal GQA, softcap without causality, a bool mask (a fully
-# masked row would give NaN), a mask with causality, windows (GQA's local window is O(n^2)).
-assert {"plain-gqa", "plain-softcap", "plain-pad-mask", "causal-pad-mask", "sliding-causal-gqa"}.isdisjoint(ORT_KERNEL)
+# Not taken, each for a reason: non-causal GQA, softcap without causality, a bool mask that is not
+# a key-padding row (a fully masked row would give NaN), a mask with causality, windows (GQA's
+# local window is O(n^2)).
+assert {"plain-gqa", "plain-softcap", "plain-bool-mask", "causal-pad-mask", "sliding-causal-gqa"}.isdisjoint(ORT_KERNEL)
 
 
 @pytest.mark.parametrize("flavor", ["standard", "ort"])
@@ -146,6 +150,19 @@ def test_attention(name, flavor):
     want = {ORT_KERNEL[name]} if flavor == "ort" and name in ORT_KERNEL else set()
     assert contrib == want, ops
     _check_attention(attrs, hq, hkv, mask, flavor=flavor)
+
+
+def test_ort_key_padding_mask_with_a_fully_padded_row():
+    """MultiHeadAttention's key_padding_mask: a batch element with no key left gives zeros, as the IR says."""
+    attrs = A()
+    g = _graph("attention", attrs, mask=PAD_MASK)
+    sess = _session(g, "ort")
+    f = _feeds(3, 11, 4, 4, PAD_MASK)
+    f["mask"][1] = False  # every key of batch element 1 is padding
+    want = attention_reference(f["q"], f["k"], f["v"], f["mask"], attrs)
+    have = torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in f.items()})[0])
+    assert torch.all(have[1] == 0)
+    torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("head_dim,kernel", [(12, None), (16, "GroupQueryAttention")])

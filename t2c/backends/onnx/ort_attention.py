@@ -18,10 +18,14 @@ transposes cancel against the model's own in ONNX Runtime's transpose optimizer.
   every causal score (O(n^2)), where the blocked form in windowed_attention.py is
   O(n*w).
 * MultiHeadAttention: attention with no structure (encoders), Hq == Hkv, no
-  softcap, and either no mask or an additive float mask, passed as
-  `attention_bias` expanded to [B or 1, H or 1, Sq, Sk]. A bool mask is not
-  passed: turned additive (-inf) a fully masked row would give NaN where the IR
-  gives zeros.
+  softcap, and no mask, an additive float mask (passed as `attention_bias`
+  expanded to [B or 1, H or 1, Sq, Sk]) or a bool key-padding mask [B|1, 1, 1, Sk]
+  (the padding mask of an encoder with an attention_mask input). The bool mask
+  goes in as `key_padding_mask` [B, Sk] (int32, 1 = attend) with
+  `mask_filter_value` = -inf, so masked keys get exactly zero weight; a batch row
+  whose keys are all padding would softmax to NaN, so its output is set to zeros,
+  as the IR defines. Other bool masks are not passed: made additive, a fully
+  masked row would give NaN where the IR gives zeros.
 
 Only float32: the kernels' float16 paths were not measured here. Measured
 against `standard` between the head split and merge a traced model has
@@ -56,7 +60,7 @@ def ort_attention_kernel(node) -> str | None:
         return None
     if a.causal and a.window[0] < 0 and a.block == 0 and mask is None and q.type.shape[3] % 8 == 0:
         return "GroupQueryAttention"
-    mask_ok = mask is None or _bias_broadcasts(mask.type, q.type, k.type)
+    mask_ok = mask is None or _bias_broadcasts(mask.type, q.type, k.type) or _key_padding(mask.type, q.type, k.type)
     if not has_structure(a) and hq == hkv and a.softcap == 0 and mask_ok:
         return "MultiHeadAttention"
     return None
@@ -77,6 +81,11 @@ def lower_ort_attention(ctx, node, kernel: str) -> str:
         if a.softcap > 0:
             attrs["softcap"] = float(a.softcap)
         out = ctx.emit(kernel, [q, k, v, "", "", seqlens_k, total], domain=MS_DOMAIN, **attrs)
+    elif mask_v is not None and mask_v.type.dtype == DType.BOOL:
+        keep = _key_padding_mask(ctx, arg(ctx, node, 3), mask_v.type, q_v.type)  # [B, Sk] int32
+        out = ctx.emit(kernel, [q, k, v, "", keep], domain=MS_DOMAIN, num_heads=hq, scale=float(a.scale), mask_filter_value=float("-inf"))
+        any_key = ctx.emit("Unsqueeze", [ctx.emit("ReduceMax", [keep, ctx.ints([1])], keepdims=1), ctx.ints([2])])  # [B, 1, 1]
+        out = ctx.emit("Where", [ctx.cast(any_key, DType.I32, DType.BOOL), out, ctx.const(0.0, DType.F32)])
     else:
         inputs = [q, k, v]
         if mask_v is not None:
@@ -97,6 +106,23 @@ def _bias_broadcasts(m_t, q_t, k_t) -> bool:
         and (sq == 1 or dims_equal(sq, q_t.shape[2]))
         and dims_equal(sk, k_t.shape[2])
     )
+
+
+def _key_padding(m_t, q_t, k_t) -> bool:
+    """A bool mask of one row of keys per batch element: [B|1, 1, 1, Sk] (or fewer leading dims)."""
+    if m_t.dtype != DType.BOOL or m_t.rank > 4:
+        return False
+    b, h, sq, sk = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
+    return (b == 1 or dims_equal(b, q_t.shape[0])) and h == 1 and sq == 1 and dims_equal(sk, k_t.shape[2])
+
+
+def _key_padding_mask(ctx, m: str, m_t, q_t) -> str:
+    """The bool key-padding mask as MultiHeadAttention's key_padding_mask: int32 [B, Sk], 1 = attend."""
+    b = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
+    rows = ctx.emit("Reshape", [m, ctx.shape([b[0], b[3]])])
+    if not dims_equal(b[0], q_t.shape[0]):  # one row for every batch element
+        rows = ctx.emit("Expand", [rows, ctx.shape([q_t.shape[0], b[3]])])
+    return ctx.cast(rows, DType.BOOL, DType.I32)
 
 
 def _merge_heads(ctx, x: str, t) -> str:
