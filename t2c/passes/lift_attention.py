@@ -11,7 +11,10 @@ Spellings recognised:
 
 Masks built from shapes alone are classified by evaluation (`mask_classify`)
 and become attrs (causal, window, block, global tokens); other masks (padding
-from an input, biases) stay an operand. Lifting is exact.
+from an input, biases) stay an operand. A bool mask that is a shape-only part
+AND an input's padding row [B, 1, 1, Sk] (Hugging Face's mask with an
+attention_mask input) is split: the part into attrs, the row as the operand
+(stats `mask_padding_split`). Lifting is exact.
 
 Preconditions: none (run cleanup first for tidier matches). Options:
   max_probe: longest sequence at which mask subgraphs are evaluated.
@@ -25,7 +28,7 @@ from dataclasses import dataclass, replace
 from ..ir.core import Graph, Node, Value
 from ..ir.opdefs.attention import AttentionAttrs
 from .manager import Pass, PassResult, register_pass
-from .mask_classify import MaskClass, classify
+from .mask_classify import MaskClass, classify, split_padding
 from .rewrite import Match, Rewriter, RewriteRule, apply_rules
 
 
@@ -79,6 +82,7 @@ class _LiftRule(RewriteRule):
     def __init__(self, pass_: "LiftAttention", classes: dict[int, MaskClass], stats: dict[str, int]):
         self.max_probe = pass_.max_probe
         self.classes = classes
+        self.splits: dict[int, tuple[MaskClass, Value] | None] = {}  # split_padding per mask, per rule
         self.stats = stats
 
     def site(self, match: Match) -> _Site:
@@ -123,10 +127,18 @@ class _LiftRule(RewriteRule):
                 mc = classify(rewriter.graph, mask, (site.q.type.shape[2], k0.type.shape[2]), max_probe=self.max_probe)
                 self.classes[id(mask)] = mc
             self.stats[f"mask_{mc.kind}"] = self.stats.get(f"mask_{mc.kind}", 0) + 1
+            split = None
+            if mc.kind == "input":
+                if id(mask) not in self.splits:
+                    self.splits[id(mask)] = split_padding(rewriter.graph, mask, (site.q.type.shape[2], k0.type.shape[2]), max_probe=self.max_probe)
+                split = self.splits[id(mask)]
+                if split is not None:  # structure AND padding row: the structure into attrs, the row stays
+                    mc, mask = split
+                    self.stats["mask_padding_split"] = self.stats.get("mask_padding_split", 0) + 1
             if mc.attrs is not None:
                 s = mc.attrs
                 attrs = replace(attrs, causal=attrs.causal or s.causal, window=s.window, block=s.block, global_tokens=s.global_tokens)
-            else:
+            if mc.attrs is None or split is not None:
                 operands.append(mask)
         node = rewriter.insert("attention", operands, attrs, before=match.root)
         rewriter.replace_node(match.root, node.outputs)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..ir.core import Graph, Node, SymDim, Value
+from ..ir.core import DType, Graph, Node, SymDim, Value, dims_equal
 from ..ir.opdefs.attention import AttentionAttrs, structural_mask
 from ..ir.ops import EvalContext, get_op
 
@@ -196,6 +196,12 @@ def classify(graph: Graph, mask: Value, seq_dims: tuple, *, max_probe: int = 820
                 value = evaluate(graph, nodes, mask, bindings)
             except (RuntimeError, IndexError, ValueError, KeyError) as e:
                 return MaskClass("unclassified", reason=f"evaluating the mask at length {length} failed: {e}")
+            if value.dim() >= 2:  # a mask may leave its query or key axis to broadcasting
+                sq, sk = seq_dims if static else (length, length)
+                try:
+                    value = value.expand(*value.shape[:-2], sq, sk)
+                except RuntimeError:
+                    return MaskClass("unclassified", reason=f"the mask does not broadcast to {sq}x{sk}")
             vis = _visible(value)
             if vis is None:
                 return MaskClass("unclassified", reason="the mask is not a 0/-inf pattern shared by every batch and head")
@@ -209,6 +215,33 @@ def classify(graph: Graph, mask: Value, seq_dims: tuple, *, max_probe: int = 820
         if not torch.equal(structural_mask(length, length, a), vis):
             return MaskClass("unclassified", reason=f"the fitted structure differs at length {length}")
     return MaskClass(kind_of(a), a)
+
+
+PADDING_ANDS = ("bitwise_and", "logical_and")
+
+
+def split_padding(graph: Graph, mask: Value, seq_dims: tuple, *, max_probe: int = 8200) -> tuple[MaskClass, Value] | None:
+    """A bool mask `structure AND padding`: (the structure's class, the padding operand), or None.
+
+    Hugging Face builds an encoder's or decoder's mask with an attention_mask input as the
+    AND of a shape-only part (causal, sliding, or all true) and the input's padding row
+    [B, 1, 1, Sk]. Split, the shape-only part becomes attrs by evaluation (`classify`) and
+    only the row stays an operand: exact, since `attention` ANDs its structure with a bool
+    mask, and the row is what padding-aware kernels take.
+    """
+    n = mask.producer
+    if n is None or n.op not in PADDING_ANDS or len(n.inputs) != 2:
+        return None
+    shape_only, padding = n.inputs
+    if cone(graph, shape_only) is None:
+        shape_only, padding = padding, shape_only
+    if cone(graph, shape_only) is None or cone(graph, padding) is not None:
+        return None
+    t = padding.type
+    if t.dtype != DType.BOOL or t.rank != 4 or t.shape[1] != 1 or t.shape[2] != 1 or not dims_equal(t.shape[3], seq_dims[1]):
+        return None
+    mc = classify(graph, shape_only, seq_dims, max_probe=max_probe)
+    return (mc, padding) if mc.attrs is not None else None
 
 
 def _all_symbols(graph: Graph) -> list[str]:
