@@ -42,8 +42,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 F32 = DType.F32
 
 
-def attention_graph(heads: int, kv_heads: int, head_dim: int, causal: bool) -> Graph:
-    """As in a traced model: q, k, v projections [B, S, H*D] split into heads, attention, heads merged."""
+def attention_graph(heads: int, kv_heads: int, head_dim: int, causal: bool, padding: bool = False) -> Graph:
+    """As in a traced model: q, k, v projections [B, S, H*D] split into heads, attention, heads merged;
+    with `padding`, a bool key-padding row [B, 1, 1, S] as the mask operand."""
     g = Graph()
     batch, seq = SymDim("batch"), SymDim("seq")
     heads_first = []
@@ -51,6 +52,8 @@ def attention_graph(heads: int, kv_heads: int, head_dim: int, causal: bool) -> G
         x = g.add_input(name, TensorType(F32, (batch, seq, h * head_dim)))
         x = g.add_node("reshape", [x], ShapeAttrs((batch, seq, h, head_dim))).output
         heads_first.append(g.add_node("permute", [x], PermuteAttrs((0, 2, 1, 3))).output)
+    if padding:
+        heads_first.append(g.add_input("padding", TensorType(DType.BOOL, (batch, 1, 1, seq))))
     attrs = AttentionAttrs(scale=1 / math.sqrt(head_dim), causal=causal, kv_heads=kv_heads)
     y = g.add_node("attention", heads_first, attrs).output
     y = g.add_node("permute", [y], PermuteAttrs((0, 2, 1, 3))).output
@@ -104,7 +107,12 @@ def feeds_for(graph: Graph, batch: int, seq: int) -> dict:
     out = {}
     for v in graph.inputs:
         shape = [{"batch": batch, "seq": seq}.get(str(d), d) if not isinstance(d, int) else d for d in v.type.shape]
-        out[v.name] = rng.standard_normal(shape, dtype=np.float32)
+        if v.type.dtype == DType.BOOL:  # a padding row: the last quarter of every sequence is padding
+            keep = np.ones(shape, dtype=bool)
+            keep[..., seq - seq // 4:] = False
+            out[v.name] = keep
+        else:
+            out[v.name] = rng.standard_normal(shape, dtype=np.float32)
     return out
 
 
@@ -144,6 +152,7 @@ def main() -> None:
         "attention causal H4/KV2 D16 (zoo Llama)": attention_graph(4, 2, 16, True),
         "attention H12 D32 (MiniLM)": attention_graph(12, 12, 32, False),
         "attention H8 D64 (BERT-style)": attention_graph(8, 8, 64, False),
+        "attention H12 D32 + padding row (MiniLM)": attention_graph(12, 12, 32, False, padding=True),
         "bias+gelu 1536": bias_gelu_graph(1536),
     }
     rows = []
