@@ -17,7 +17,7 @@ other case lowers as in standard.
 
 The ort flavor uses them for float16 only. In float32, ONNX Runtime's CPU kernels are
 slower than Add + LayerNormalization / RMSNormalization (`benchmarks/ort_kernels.py`:
-SkipLayerNormalization about 5x, SkipSimplifiedLayerNormalization 1.7-1.9x the time at
+SkipLayerNormalization 4.3-5.1x, SkipSimplifiedLayerNormalization 1.7-1.9x the time at
 [1, 512, 384..512]), so float32 lowers as in standard. Half-precision models are the
 GPU case the fused kernels exist for (not measured here: no GPU).
 """

@@ -30,7 +30,7 @@ transposes cancel against the model's own in ONNX Runtime's transpose optimizer.
 Only float32: the kernels' float16 paths were not measured here. Measured
 against `standard` between the head split and merge a traced model has
 (benchmarks/ort_kernels.py, ONNX Runtime CPU, batch 1, sequence 512, one
-thread): GroupQueryAttention 0.76-0.87x and MultiHeadAttention 0.88-0.95x the
+thread, two runs): GroupQueryAttention 0.77-0.91x and MultiHeadAttention 0.88-0.97x the
 time of the Attention op.
 """
 
