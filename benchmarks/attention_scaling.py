@@ -249,18 +249,14 @@ def main() -> None:
 
     print()
     header = f"{'variant':14s} " + " ".join(f"{s:>9d}" for s in seqs) + "   exponent"
-    print("latency (ms)\n" + header)
-    for name, r in results.items():
-        cells = [at(name, s, "latency_s") for s in seqs]
-        exp = r["time_exponent"]
-        print(f"{name:14s} " + " ".join(f"{c * 1e3:9.1f}" if c is not None else f"{'-':>9s}" for c in cells)
-              + (f"   {exp:.2f}" if exp is not None else ""))
-    print("peak memory added (MiB)\n" + header)
-    for name, r in results.items():
-        cells = [at(name, s, "peak_added_mib") for s in seqs]
-        exp = r["memory_exponent"]
-        print(f"{name:14s} " + " ".join(f"{c:9.1f}" if c is not None else f"{'-':>9s}" for c in cells)
-              + (f"   {exp:.2f}" if exp is not None else ""))
+    for title, key, exp_key, unit in (("latency (ms)", "latency_s", "time_exponent", 1e3),
+                                      ("peak memory added (MiB)", "peak_added_mib", "memory_exponent", 1.0)):
+        print(title + "\n" + header)
+        for name, r in results.items():
+            cells = [at(name, s, key) for s in seqs]
+            exp = r[exp_key]
+            print(f"{name:14s} " + " ".join(f"{c * unit:9.1f}" if c is not None else f"{'-':>9s}" for c in cells)
+                  + (f"   {exp:.2f}" if exp is not None else ""))
     speedups = {}
     for s in seqs:
         full, win = at("full", s, "latency_s"), at("window", s, "latency_s")

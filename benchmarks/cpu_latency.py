@@ -180,7 +180,9 @@ def graph_stats(path: str) -> dict:
     }
 
 
-def make_session(path: str, threads: int = 0, spin: bool = True):
+def make_session(path, threads: int = 0, spin: bool = True, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session (ORT_ENABLE_ALL) on a model path or serialized bytes, and its input names.
+    The one place every benchmark sets its session options, so all variants run alike."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -189,6 +191,9 @@ def make_session(path: str, threads: int = 0, spin: bool = True):
     so.intra_op_num_threads = threads  # 0: ONNX Runtime's default
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     return sess, names

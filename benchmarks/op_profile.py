@@ -33,14 +33,8 @@ MATMUL_OPS = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm"}
 
 
 def profile(path: str, feeds: dict, runs: int, threads: int, prefix: str) -> dict:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    so.enable_profiling = True
-    so.profile_file_prefix = prefix
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    feeds = {i.name: feeds[i.name] for i in sess.get_inputs()}
+    sess, names = cl.make_session(path, threads, profile_prefix=prefix)
+    feeds = {n: feeds[n] for n in names}
     sess.run(None, feeds)  # warm-up, also profiled; dropped below by taking the last `runs` only
     for _ in range(runs):
         sess.run(None, feeds)

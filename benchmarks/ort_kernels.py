@@ -30,6 +30,7 @@ import onnxruntime as ort
 import torch
 from onnx import helper
 
+from cpu_latency import make_session
 from t2c.backends.onnx import lower
 from t2c.ir import DType, Graph, TensorType
 from t2c.ir.core import SymDim
@@ -94,14 +95,6 @@ def skip_norm_model(graph: Graph, kind: str):
     return model
 
 
-def session(model, threads: int):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def feeds_for(graph: Graph, batch: int, seq: int) -> dict:
     rng = np.random.default_rng(0)
     out = {}
@@ -117,7 +110,7 @@ def feeds_for(graph: Graph, batch: int, seq: int) -> dict:
 
 
 def compare(models: dict, feeds: dict, threads: int, repeat: int) -> dict:
-    sessions = {k: session(m, threads) for k, m in models.items()}
+    sessions = {k: make_session(m.SerializeToString(), threads)[0] for k, m in models.items()}
     outs = {k: s.run(None, feeds) for k, s in sessions.items()}
     names = list(sessions)
     for _ in range(3):

@@ -122,15 +122,16 @@ class _LiftRule(RewriteRule):
             mask = site.mask
             if not site.mask_is_keep:
                 mask = rewriter.insert("logical_not", [mask], before=match.root).outputs[0]
+            seq_dims = (site.q.type.shape[2], k0.type.shape[2])
             mc = self.classes.get(id(mask))
             if mc is None:
-                mc = classify(rewriter.graph, mask, (site.q.type.shape[2], k0.type.shape[2]), max_probe=self.max_probe)
+                mc = classify(rewriter.graph, mask, seq_dims, max_probe=self.max_probe)
                 self.classes[id(mask)] = mc
             self.stats[f"mask_{mc.kind}"] = self.stats.get(f"mask_{mc.kind}", 0) + 1
             split = None
             if mc.kind == "input":
                 if id(mask) not in self.splits:
-                    self.splits[id(mask)] = split_padding(rewriter.graph, mask, (site.q.type.shape[2], k0.type.shape[2]), max_probe=self.max_probe)
+                    self.splits[id(mask)] = split_padding(rewriter.graph, mask, seq_dims, max_probe=self.max_probe)
                 split = self.splits[id(mask)]
                 if split is not None:  # structure AND padding row: the structure into attrs, the row stays
                     mc, mask = split

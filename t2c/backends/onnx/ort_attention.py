@@ -95,11 +95,16 @@ def lower_ort_attention(ctx, node, kernel: str) -> str:
     return ctx.emit("Transpose", [split], perm=[0, 2, 1, 3])
 
 
+def _bhqk(m_t) -> tuple:
+    """A mask type's dims as the [B, H, Sq, Sk] it broadcasts to (missing leading dims are 1)."""
+    return (1,) * (4 - m_t.rank) + tuple(m_t.shape)
+
+
 def _bias_broadcasts(m_t, q_t, k_t) -> bool:
     """A float mask that broadcasts to MultiHeadAttention's attention_bias [B|1, H|1, Sq|1, Sk]."""
     if m_t.dtype != DType.F32 or m_t.rank > 4:
         return False
-    b, h, sq, sk = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
+    b, h, sq, sk = _bhqk(m_t)
     return (
         (b == 1 or dims_equal(b, q_t.shape[0]))
         and (h == 1 or dims_equal(h, q_t.shape[1]))
@@ -112,13 +117,13 @@ def _key_padding(m_t, q_t, k_t) -> bool:
     """A bool mask of one row of keys per batch element: [B|1, 1, 1, Sk] (or fewer leading dims)."""
     if m_t.dtype != DType.BOOL or m_t.rank > 4:
         return False
-    b, h, sq, sk = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
+    b, h, sq, sk = _bhqk(m_t)
     return (b == 1 or dims_equal(b, q_t.shape[0])) and h == 1 and sq == 1 and dims_equal(sk, k_t.shape[2])
 
 
 def _key_padding_mask(ctx, m: str, m_t, q_t) -> str:
     """The bool key-padding mask as MultiHeadAttention's key_padding_mask: int32 [B, Sk], 1 = attend."""
-    b = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
+    b = _bhqk(m_t)
     rows = ctx.emit("Reshape", [m, ctx.shape([b[0], b[3]])])
     if not dims_equal(b[0], q_t.shape[0]):  # one row for every batch element
         rows = ctx.emit("Expand", [rows, ctx.shape([q_t.shape[0], b[3]])])
@@ -135,8 +140,7 @@ def _attention_bias(ctx, m: str, m_t, q_t) -> str:
     """An additive mask broadcast to [B|1, H|1, Sq, Sk], the shapes MultiHeadAttention takes."""
     if m_t.rank < 4:
         m = ctx.emit("Unsqueeze", [m, ctx.ints(list(range(4 - m_t.rank)))])
-    lead = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
-    if dims_equal(lead[2], q_t.shape[2]):
+    if dims_equal(_bhqk(m_t)[2], q_t.shape[2]):
         return m
     bh = ctx.emit("Shape", [m], start=0, end=2)  # B|1, H|1 stay as they are
     want = ctx.emit("Concat", [bh, ctx.dim1(q_t.shape[2]), ctx.emit("Shape", [m], start=3, end=4)], axis=0)
