@@ -1,11 +1,12 @@
 """Attention scaling benchmark: ONNX Runtime latency and peak memory vs sequence length.
 
 One small Llama-style model (hidden 256, 4 heads, 2 kv heads, 2 layers, vocab 256,
-sdpa attention, batch 1) compiled four ways with t2c's pipeline strings:
+sdpa attention, batch 1; `--family qwen2` adds Qwen2's q/k/v biases) compiled four
+ways with t2c's pipeline strings (W = `--window`, 512 unless given):
 
     full      lift-attention                              (opset-23 Attention, causal)
-    window    lift-attention,window{size=512}             (blocked sliding window)
-    window+g  lift-attention,window{size=512,global=16}   (+ 16 global tokens / sinks)
+    window    lift-attention,window{size=W}               (blocked sliding window)
+    window+g  lift-attention,window{size=W,global=16}     (+ 16 global tokens / sinks)
     linear    lift-attention,linear-attention             (chunked causal linear attention)
 
 Each (variant, seq) runs in a fresh subprocess, so the peak RSS (ru_maxrss) is its
@@ -50,19 +51,20 @@ SEQS = [1024, 2048, 4096, 8192, 16384]
 ATTENTION_OPS = ("sdpa", "attention", "linear_attention")
 
 
-def build_model():
+def build_model(family: str = "llama"):
     import torch
     import transformers
 
-    cfg = transformers.LlamaConfig(
+    config, model = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[family]
+    cfg = getattr(transformers, config)(
         hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
         num_hidden_layers=2, vocab_size=256, max_position_embeddings=32768, attn_implementation="sdpa",
     )
     torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return getattr(transformers, model)(cfg).eval()
 
 
-def export_variants(out_dir: str, names: list[str]) -> dict[str, dict]:
+def export_variants(out_dir: str, names: list[str], family: str = "llama", window: int = 512) -> dict[str, dict]:
     """Trace, run each pipeline and lower; returns {variant: {path, pipeline, attention attrs}}."""
     import torch
 
@@ -70,17 +72,18 @@ def export_variants(out_dir: str, names: list[str]) -> dict[str, dict]:
     from t2c.frontends.torch_export import trace
     from t2c.passes.manager import Pipeline
 
-    model = build_model()
+    model = build_model(family)
     ids = torch.randint(0, 256, (1, 64))
     out = {}
     for name in names:
         g = trace(model, {"input_ids": ids})  # a fresh graph: passes rewrite in place
-        g, records = Pipeline.parse(VARIANTS[name]).run(g)
+        pipeline = VARIANTS[name].replace("size=512", f"size={window}")
+        g, records = Pipeline.parse(pipeline).run(g)
         attn = [f"{n.op}{_attrs(n.attrs)}" for n in g.nodes if n.op in ATTENTION_OPS]
         path = save(lower(g), os.path.join(out_dir, re.sub(r"\W", "_", name)))
-        out[name] = {"path": path, "pipeline": VARIANTS[name], "attention": sorted(set(attn)),
+        out[name] = {"path": path, "pipeline": pipeline, "attention": sorted(set(attn)),
                      "pass_stats": {r.name: r.stats for r in records}}
-        print(f"  {name:14s} {VARIANTS[name]:44s} {', '.join(sorted(set(attn)))}", flush=True)
+        print(f"  {name:14s} {pipeline:44s} {', '.join(sorted(set(attn)))}", flush=True)
     return out
 
 
@@ -204,6 +207,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per config (at least 3; fewer past --budget)")
     ap.add_argument("--budget", type=float, default=30.0, help="seconds of timed runs per config before stopping at 3")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per config subprocess")
+    ap.add_argument("--family", choices=("llama", "qwen2"), default="llama", help="llama, or qwen2 (q/k/v biases)")
+    ap.add_argument("--window", type=int, default=512, help="the window size W of the window variants")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
 
@@ -221,7 +226,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         print("exporting:", flush=True)
-        exported = export_variants(tmp, names)
+        exported = export_variants(tmp, names, args.family, args.window)
         for name in names:
             info = exported[name]
             points = []
@@ -274,7 +279,8 @@ def main() -> None:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "onnxruntime": ort.__version__,
-        "model": "LlamaForCausalLM hidden 256, 4 heads, 2 kv heads, 2 layers, vocab 256, batch 1",
+        "model": f"{args.family} hidden 256, 4 heads, 2 kv heads, 2 layers, vocab 256, batch 1",
+        "window": args.window,
         "seqs": seqs,
         "repeat": args.repeat,
         "window_vs_full_speedup": speedups,

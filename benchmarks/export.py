@@ -38,7 +38,7 @@ import zoo  # noqa: E402
 from anchors import torch_onnx_export  # noqa: E402
 
 import t2c  # noqa: E402
-from t2c.runtime import OnnxSession  # noqa: E402
+from t2c.backends.onnx import OnnxSession  # noqa: E402
 
 
 def median_seconds(fn, repeat: int, warmup: int = 2) -> float:

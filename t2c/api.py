@@ -9,64 +9,74 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .backends import DEFAULT_TARGET, Runner, get_backend
 from .errors import UserError
 from .frontends.loaders import LoadedModel, default_dynamic_dims, name_examples
 from .ir import Graph, parse_graph
 from .passes.manager import Pipeline
-from .runtime import OnnxSession
 
 
 class CompiledModel:
-    """A compiled artifact: call it like the model (`compiled(input_ids=ids)` -> dict of outputs)."""
+    """A compiled artifact: call it like the model (`compiled(input_ids=ids)` -> dict of outputs).
 
-    def __init__(self, out_dir: str, report: dict, graph: Graph):
+    It runs through the backend that wrote the folder (report.json names it):
+    ONNX Runtime for `onnx`.
+    """
+
+    def __init__(self, out_dir: str, report: dict, graph: Graph, runner: Runner):
         self.out_dir = out_dir
         self.report = report
         self.graph = graph
-        self.session = OnnxSession(os.path.join(out_dir, "model.onnx"))
+        self.runner = runner
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.session(*args, **kwargs)
+        return self.runner(*args, **kwargs)
 
     @property
     def ok(self) -> bool | None:
         return self.report.get("validation", {}).get("ok")
 
     def __repr__(self) -> str:
-        return f"CompiledModel({self.out_dir!r}, validation ok={self.ok})"
+        return f"CompiledModel({self.out_dir!r}, target={self.report.get('target')!r}, validation ok={self.ok})"
 
 
 def compile(
     model: torch.nn.Module,
     example_inputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
     passes: str | Pipeline | None = "-O1",
-    target: str = "onnx",
+    target: str = DEFAULT_TARGET,
     out: str | None = None,
     *,
-    flavor: str = "standard",
-    opset: int = 23,
     static: bool = False,
     validate: bool = True,
     max_drift: float | None = None,
     dynamic_dims: dict[str, dict[int, str]] | None = None,
+    **target_options: Any,
 ) -> CompiledModel:
     """Compile `model` with `example_inputs` (by forward-argument name, or positional).
 
+    `target_options` are the target's own (for onnx: `flavor="ort"`, `opset=24`).
     Writes the artifact folder to `out` (a new temporary folder when None) and
     returns a callable `CompiledModel`. Raises `ValidationError` when the
     artifact does not reproduce the model, `UserError` for bad input.
     """
     from .compiler import CompileOptions, compile_loaded
+
     examples = dict(example_inputs) if isinstance(example_inputs, Mapping) else name_examples(model, tuple(example_inputs), "example_inputs")
     loaded = LoadedModel(model.eval(), examples, dynamic_dims if dynamic_dims is not None else default_dynamic_dims(examples), source=type(model).__name__, kind="module")
-    options = CompileOptions(pipeline=Pipeline.from_spec(passes), target=target, flavor=flavor, opset=opset, static=static, validate=validate, max_drift=max_drift)
+    options = CompileOptions(
+        pipeline=Pipeline.from_spec(passes), target=target, target_options=target_options,
+        static=static, validate=validate, max_drift=max_drift,
+    )
+    options.check()
     out_dir = out or tempfile.mkdtemp(prefix="t2c-")
     result = compile_loaded(loaded, options, out_dir)
-    return CompiledModel(out_dir, result.report, result.graph)
+    runner = options.backend.load(out_dir, options.backend_options())
+    return CompiledModel(out_dir, result.report, result.graph, runner)
 
 
 def load(out_dir: str) -> CompiledModel:
-    """Open a folder written by `t2c compile` (or `t2c.compile`)."""
+    """Open a folder written by `t2c compile` (or `t2c.compile`), through the backend that wrote it."""
     report_path = os.path.join(out_dir, "report.json")
     ir_path = os.path.join(out_dir, "model.t2c")
     if not (os.path.isfile(report_path) and os.path.isfile(ir_path)):
@@ -75,4 +85,5 @@ def load(out_dir: str) -> CompiledModel:
         report: dict[str, Any] = json.load(f)
     with open(ir_path, encoding="utf-8") as f:
         graph = parse_graph(f.read())
-    return CompiledModel(out_dir, report, graph)
+    backend = get_backend(report.get("target", DEFAULT_TARGET))
+    return CompiledModel(out_dir, report, graph, backend.load(out_dir, backend.options_from_report(report)))

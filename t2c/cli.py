@@ -14,18 +14,28 @@ import traceback
 
 import click
 
+from .backends import DEFAULT_TARGET, all_backends
+from .backends.registry import option_fields
 from .errors import T2CError, UserError
+from .passes.manager import PRESETS
 
 
 def _read_ir(path: str):
-    from .ir import parse_graph
+    """A verified graph from a `.t2c` file; IR that does not parse or verify is bad input (exit 2)."""
+    from .errors import VerifyError
+    from .ir import parse_graph, verify
 
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}") from e
-    return parse_graph(text)
+    graph = parse_graph(text)
+    try:
+        verify(graph)
+    except VerifyError as e:
+        raise UserError(f"{path} does not verify: {e}; fix the IR text") from None
+    return graph
 
 
 def _load_graph(source: str, trust_model: bool, inputs: tuple[str, ...]):
@@ -67,31 +77,53 @@ class _StageDisplay:
             click.echo(f"[{stage}] {message}", err=True)
 
 
+def preset_options(fn):
+    """One `-O<n>` flag per preset that exists (manager.PRESETS), -O1 the default."""
+    help_text = {"O0": "Cleanup passes only.", "O1": "Every exact pass (default)."}
+    for key in reversed(list(PRESETS)):
+        names = ",".join(PRESETS[key])
+        fn = click.option(f"-{key}", "level", flag_value=key, default=key == "O1", help=help_text.get(key, names))(fn)
+    return fn
+
+
+def target_options(fn):
+    """`--target` with the registered backends, and one flag per option of each backend."""
+    backends = all_backends()
+    seen: dict[str, list[str]] = {}
+    for name, backend in backends.items():
+        for f, hint in option_fields(backend):
+            seen.setdefault(f.name, []).append(name)
+    for opt_name, owners in reversed(list(seen.items())):
+        backend = backends[owners[0]]
+        f, hint = next((f, h) for f, h in option_fields(backend) if f.name == opt_name)
+        choices = f.metadata.get("choices")
+        kind = click.Choice(list(choices)) if choices else hint
+        help_text = f"{f.metadata['help']} [--target {'/'.join(owners)}; default: {f.default}]"
+        fn = click.option(f"--{opt_name.replace('_', '-')}", f"target_{opt_name}", type=kind, default=None, help=help_text)(fn)
+    choice = click.Choice(list(backends))
+    return click.option("--target", type=choice, default=DEFAULT_TARGET, show_default=True, help="What to emit.")(fn)
+
+
 @cli.command()
 @click.argument("model")
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default: MODEL's name + '.t2c.out').")
-@click.option("--target", type=click.Choice(["onnx", "triton"]), default="onnx", show_default=True)
-@click.option("-O0", "level", flag_value="O0", help="Cleanup passes only.")
-@click.option("-O1", "level", flag_value="O1", default=True, help="Every exact pass (default).")
-@click.option("-O2", "level", flag_value="O2", help="-O1 plus int8 weight-only quantization.")
+@target_options
+@preset_options
 @click.option("--passes", "pipeline", default=None, metavar="PIPELINE", help="Run this pipeline instead of a preset.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE]", help="Example input for models that carry none.")
 @click.option("--static", is_flag=True, help="Fix every dim to the example's shape.")
-@click.option("--flavor", type=click.Choice(["standard", "ort"]), default="standard", show_default=True)
-@click.option("--opset", type=int, default=23, show_default=True)
 @click.option("--trust-model", is_flag=True, envvar="T2C_TRUST_MODEL", help="Allow loading files that can run code (.pt pickles, .pt2).")
 @click.option("--no-validate", is_flag=True, help="Skip numerical validation (the report says so).")
 @click.option("--max-drift", type=float, default=None, help="Fail when an approximate pass changes an output by more than this.")
-def compile(model, out_dir, target, level, pipeline, inputs, static, flavor, opset, trust_model, no_validate, max_drift) -> None:
-    """Compile MODEL to a validated artifact in OUT: model.onnx, model.t2c, report.json, report.html."""
+def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model, no_validate, max_drift, **given) -> None:
+    """Compile MODEL to a validated artifact in OUT (the target's files, model.t2c, report.json, report.html)."""
     from .compiler import CompileOptions, compile_loaded
     from .frontends.loaders import InputSpec, load_model
 
-    if target == "triton":
-        raise UserError("the triton target is not built yet; use --target onnx")
     options = CompileOptions(
         pipeline=_pipeline(pipeline) if pipeline else _pipeline(level),
-        target=target, flavor=flavor, opset=opset, static=static, validate=not no_validate, max_drift=max_drift,
+        target=target, target_options={k.removeprefix("target_"): v for k, v in given.items() if v is not None},
+        static=static, validate=not no_validate, max_drift=max_drift,
     )
     options.check()
     out_dir = out_dir or _default_out(model)
@@ -111,8 +143,12 @@ def _default_out(model: str) -> str:
 
 def summary_lines(report: dict, out_dir: str) -> str:
     """What a compile did, in a few lines: artifact, passes, validation, where the report is."""
+    from .backends import get_backend
+
     nodes = report["node_count"]
-    lines = [f"wrote {os.path.join(out_dir, 'model.onnx')} (opset {report['opset']}, {report['flavor']}): {nodes['traced']} -> {nodes['final']} IR nodes"]
+    backend = get_backend(report["target"])
+    described = backend.describe(backend.options_from_report(report))
+    lines = [f"wrote {os.path.join(out_dir, backend.artifact)} ({described}): {nodes['traced']} -> {nodes['final']} IR nodes"]
     if report["passes"]:
         lines.append("  passes: " + ", ".join(f"{p['pass']} {p['nodes_before']}->{p['nodes_after']}" for p in report["passes"]))
     if any(not p["exact"] for p in report["passes"]) and report["passes"][-1].get("vs_eager"):
@@ -139,7 +175,7 @@ def summary_lines(report: dict, out_dir: str) -> str:
 
 @cli.command()
 @click.argument("model")
-@click.option("--after", "after", default=None, metavar="PIPELINE", help="Run these passes (or -O0/-O1/-O2) first.")
+@click.option("--after", "after", default=None, metavar="PIPELINE", help="Run these passes (or a preset, -O0/-O1) first.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "dot"]), default="text", show_default=True)
 @click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE]", help="Example input for models that carry none.")
 @click.option("--trust-model", is_flag=True, envvar="T2C_TRUST_MODEL", help="Allow loading files that can run code (.pt pickles, .pt2).")
@@ -198,7 +234,6 @@ def opt(file: str, pipeline: str, verify_each: bool, stats: bool, debug_rewrites
     from .passes import rewrite
 
     graph = _read_ir(file)
-    verify(graph)
     with rewrite.collect_near_misses() as near_misses:
         graph, records = _pipeline(pipeline).run(graph, verify_each=verify_each)
     verify(graph)

@@ -2,9 +2,9 @@
 
     trace     the loaded module becomes an IR graph (dynamic batch/seq unless static)
     passes    one pass at a time, each result checked against eager (its drift)
-    lower     the final IR becomes the artifact (ONNX today)
-    validate  the artifact against the IR interpreter, at two shapes
-    write     model.onnx, model.t2c, report.json, report.html appear in OUT at once
+    lower     the final IR becomes the target's artifact (the backend registry names the targets)
+    validate  the artifact, loaded back by its backend, against the IR interpreter, at two shapes
+    write     the artifact, model.t2c, report.json, report.html appear in OUT at once
 
 Nothing is written to OUT unless every step succeeded: the files are made in a
 temporary folder beside OUT and renamed into place at the end.
@@ -12,6 +12,7 @@ temporary folder beside OUT and renamed into place at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from . import __version__
+from .backends import DEFAULT_TARGET, Backend, get_backend
 from .errors import UserError, ValidationError
 from .frontends.loaders import LoadedModel
 from .frontends.torch_export import flatten_outputs, trace
@@ -32,29 +34,27 @@ from .ir import Graph, print_graph, run_graph, verify
 from .passes.manager import Pipeline
 from .validate import OutputComparison, compare_all, other_shape_inputs, shape_label, worst
 
-TARGETS = ("onnx",)
-FLAVORS = ("standard", "ort")
-
-
 @dataclass
 class CompileOptions:
-    """What `t2c compile` was asked to do."""
+    """What `t2c compile` was asked to do. `target_options` are the chosen backend's own (by name)."""
 
     pipeline: Pipeline = field(default_factory=lambda: Pipeline.preset("O1"))
-    target: str = "onnx"
-    flavor: str = "standard"
-    opset: int = 23
+    target: str = DEFAULT_TARGET
+    target_options: dict[str, Any] = field(default_factory=dict)
     static: bool = False
     validate: bool = True
     max_drift: float | None = None
 
+    @property
+    def backend(self) -> Backend:
+        return get_backend(self.target)
+
+    def backend_options(self) -> Any:
+        """The backend's Options dataclass; UserError on unknown options or bad values."""
+        return self.backend.make_options(self.target_options)
+
     def check(self) -> None:
-        if self.target not in TARGETS:
-            raise UserError(f"target {self.target!r} is not available yet; choose one of {', '.join(TARGETS)}")
-        if self.flavor not in FLAVORS:
-            raise UserError(f"flavor {self.flavor!r} is unknown; choose one of {', '.join(FLAVORS)}")
-        if self.opset < 23:
-            raise UserError(f"opset {self.opset} is too old: t2c emits opset 23 or newer (--opset 23)")
+        self.backend_options()
 
 
 @dataclass
@@ -91,10 +91,10 @@ def eager_outputs(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> d
 
 def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *, progress: Progress = _quiet) -> CompileResult:
     """Compile a loaded model into `out_dir`; raises ValidationError (exit 1) or UserError (exit 2)."""
-    options.check()
+    backend, target_options = options.backend, options.backend_options()
     report: dict[str, Any] = {
-        "t2c_version": __version__, "model": loaded.source, "target": options.target, "flavor": options.flavor,
-        "opset": options.opset, "pipeline": str(options.pipeline), "static": options.static, "timings": {},
+        "t2c_version": __version__, "model": loaded.source, "target": backend.name, "target_options": dataclasses.asdict(target_options),
+        "pipeline": str(options.pipeline), "static": options.static, "timings": {},
     }
     module = loaded.module.eval()
     examples = dict(loaded.example_inputs)
@@ -118,15 +118,18 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
     report["fusion"] = fusion_report(graph)
 
     with _stage(report, "lower", progress):
-        artifact = _lower(graph, options)
+        artifact = backend.lower(graph, target_options)
 
     tmp = tempfile.mkdtemp(prefix=".t2c-", dir=_parent(out_dir))
     try:
         with _stage(report, "write", progress):
-            _write_artifact(artifact, graph, tmp, options)
+            backend.save(artifact, tmp, target_options)
+            with open(os.path.join(tmp, "model.t2c"), "w", encoding="utf-8") as f:
+                f.write(print_graph(graph))
         if options.validate:
             with _stage(report, "validate", progress):
-                report["validation"] = _validate_artifact(tmp, graph, shapes, options, report["passes"])
+                runner = backend.load(tmp, target_options)
+                report["validation"] = _validate_artifact(runner, graph, shapes, options, report["passes"])
         else:
             report["validation"] = {"ok": None, "skipped": True}
         _write_reports(report, tmp)
@@ -167,29 +170,12 @@ def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: 
     return graph, records
 
 
-def _lower(graph: Graph, options: CompileOptions):
-    from .backends.onnx import lower
-
-    return lower(graph, opset=options.opset, flavor=options.flavor, static=options.static)
-
-
-def _write_artifact(artifact, graph: Graph, folder: str, options: CompileOptions) -> None:
-    from .backends.onnx import save
-
-    save(artifact, folder)
-    with open(os.path.join(folder, "model.t2c"), "w", encoding="utf-8") as f:
-        f.write(print_graph(graph))
-
-
-def _validate_artifact(folder: str, graph: Graph, shapes, options: CompileOptions, pass_records) -> dict:
+def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pass_records) -> dict:
     """Artifact vs interpreter at every shape, plus the exactness of exact passes vs eager."""
-    from .runtime import OnnxSession
-
-    session = OnnxSession(os.path.join(folder, "model.onnx"))
     checks = []
     all_comparisons: list[OutputComparison] = []
     for inp in shapes:
-        comparisons = compare_all(session(**inp), run_graph(graph, inp))
+        comparisons = compare_all(runner(**inp), run_graph(graph, inp))
         all_comparisons += comparisons
         checks.append({"shape": shape_label(inp), "outputs": [c.as_json() for c in comparisons]})
     ok = all(c.ok for c in all_comparisons)

@@ -27,9 +27,13 @@ class IRParseError(UserError):
 
 
 class VerifyError(T2CError):
-    """The IR breaks an invariant (SSA, types, attrs). A bug in a pass or the frontend."""
+    """The IR breaks an invariant (SSA, types, attrs): a bug in a pass or the frontend, so exit 3.
 
-    exit_code = 2
+    (IR text a user wrote that does not verify is bad input: the parser raises
+    IRParseError, and `t2c opt` reports an input graph that does not verify as a
+    UserError.)"""
+
+    exit_code = 3
 
 
 class ValidationError(T2CError):

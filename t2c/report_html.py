@@ -43,7 +43,7 @@ def render_html(report: dict) -> str:
     parts = [
         f"<h1>t2c report: {html.escape(str(report.get('model')))}</h1>",
         f"<p>{_badge(v.get('ok'))} {html.escape(str(v.get('summary', '')))}</p>",
-        _table(["target", "flavor", "opset", "pipeline", "t2c"], [[report.get("target"), report.get("flavor"), report.get("opset"), report.get("pipeline"), report.get("t2c_version")]]),
+        _table(["target", "target options", "pipeline", "t2c"], [[report.get("target"), ", ".join(f"{k}={v}" for k, v in report.get("target_options", {}).items()), report.get("pipeline"), report.get("t2c_version")]]),
         "<h2>Artifact vs IR interpreter</h2>",
     ]
     for check in v.get("artifact_vs_ir", []):

@@ -272,7 +272,7 @@ class NoAttrs:
 class Node:
     """One op application: `outputs = op(inputs) {attrs}`."""
 
-    __slots__ = ("op", "inputs", "attrs", "outputs", "meta")
+    __slots__ = ("op", "inputs", "attrs", "outputs", "meta", "erased")
 
     def __init__(self, op: str, inputs: Iterable[Value], attrs: Any, output_types: Iterable[TensorType]):
         self.op = op
@@ -281,6 +281,9 @@ class Node:
         self.outputs: tuple[Value, ...] = tuple(Value(t, self, i) for i, t in enumerate(output_types))
         # Where the node came from (module path, source line); never printed.
         self.meta: dict[str, Any] = {}
+        # Set when the node leaves its graph. Kept on the node itself, never as a set of
+        # id()s: an erased node can be freed and a new node can take its address.
+        self.erased = False
         for pos, v in enumerate(self.inputs):
             v.uses.append((self, pos))
 
@@ -409,6 +412,16 @@ class Graph:
                 raise ValueError(f"cannot remove {node.op}: its result is still used")
         node.drop_uses()
         self.nodes.remove(node)
+        node.erased = True
+
+    def remove_nodes(self, nodes: Iterable[Node]) -> int:
+        """Remove many nodes whose results are unused, in one sweep over the node list (linear)."""
+        doomed = set(nodes)
+        for n in doomed:
+            n.drop_uses()
+            n.erased = True
+        self.nodes = [n for n in self.nodes if n not in doomed]
+        return len(doomed)
 
     def remove_unused_params(self) -> int:
         dead = [n for n, v in self.param_values.items() if not v.uses and not any(v is o for o in self.output_values())]

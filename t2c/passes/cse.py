@@ -33,7 +33,7 @@ class CommonSubexpressionElimination(Pass):
         for node in graph.nodes:
             key = (
                 node.op,
-                tuple(id(v) for v in node.inputs),
+                node.inputs,  # the very same values (hashed by identity)
                 type(node.attrs),
                 format_attrs(node.attrs),
                 tuple(str(v.type) for v in node.outputs),

@@ -24,13 +24,13 @@ class DeadCodeElimination(Pass):
     exact = True
 
     def run(self, graph: Graph) -> PassResult:
-        live = {id(v) for v in graph.output_values()}
+        live = set(graph.output_values())
         dead = []
         # One backward sweep suffices: nodes are in topological order, so every
         # user of a node is seen before the node itself.
         for node in reversed(graph.nodes):
-            if any(id(v) in live for v in node.outputs):
-                live.update(id(v) for v in node.inputs)
+            if any(v in live for v in node.outputs):
+                live.update(node.inputs)
             else:
                 dead.append(node)
         removed = Rewriter(graph).erase_many(dead)

@@ -19,7 +19,8 @@ from ..ir.opdefs.shape import PermuteAttrs, ShapeAttrs
 from ..ir.ops import EvalContext, get_op
 from ..ir.verifier import types_match
 from .manager import Pass, PassResult, register_pass
-from .rewrite import Match, Rewriter, RewriteRule, apply_rules
+from .patterns import full_value
+from .rewrite import Match, RewriteContext, Rewriter, RewriteRule, apply_rules
 
 
 @register_pass("fold-shapes")
@@ -67,16 +68,8 @@ class FoldShapes(Pass):
 # -- identities ----------------------------------------------------------------------
 
 
-def _full_value(v: Value) -> object | None:
-    """The fill value when `v` is the result of a `full` node, else None."""
-    n = v.producer
-    if n is not None and n.op == "full":
-        return n.attrs.value
-    return None
-
-
 def _is(v: Value, number: int) -> bool:
-    value = _full_value(v)
+    value = full_value(v)
     return value is not None and not isinstance(value, bool) and value == number
 
 
@@ -120,18 +113,18 @@ class RemoveIdentity(RewriteRule):
     name = "remove-identity"
     stat = "identities_removed"
 
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         src = _identity_source(node)
         return None if src is None else Match(node, {"source": src})
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         src, out = match["source"], match.root.outputs[0]
         if not types_match(src.type, out.type):
             return f"result type {out.type} differs from the operand's {src.type} (broadcast or promotion)"
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
-        rewriter.replace_node(match.root, [match["source"]])
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        ctx.rewriter.replace_node(match.root, [match["source"]])
 
 
 # -- chains ---------------------------------------------------------------------------
@@ -159,21 +152,21 @@ class CollapseReshapes(RewriteRule):
     name = "collapse-reshapes"
     stat = "chains_collapsed"
 
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         inner = node.inputs[0].producer if node.op in _RESHAPES else None
         if inner is None or inner.op not in _RESHAPES:
             return None
         return Match(node, {"source": inner.inputs[0]})
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         src, out = match["source"], match.root.outputs[0]
         if not dims_equal(dim_prod(src.type.shape), dim_prod(out.type.shape)):
             return f"element counts of {src.type} and {out.type} differ"
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
         out = match.root.outputs[0]
-        _replace_with(rewriter, match.root, match["source"], "reshape", ShapeAttrs(tuple(out.type.shape)))
+        _replace_with(ctx.rewriter, match.root, match["source"], "reshape", ShapeAttrs(tuple(out.type.shape)))
 
 
 class CollapsePermutes(RewriteRule):
@@ -182,7 +175,7 @@ class CollapsePermutes(RewriteRule):
     name = "collapse-permutes"
     stat = "chains_collapsed"
 
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         inner = node.inputs[0].producer if node.op == "permute" else None
         if inner is None or inner.op != "permute":
             return None
@@ -190,8 +183,8 @@ class CollapsePermutes(RewriteRule):
         perm = tuple(inner.attrs.perm[i] for i in node.attrs.perm)
         return Match(node, {"source": inner.inputs[0], "perm": perm})
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
-        _replace_with(rewriter, match.root, match["source"], "permute", PermuteAttrs(match["perm"]))
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        _replace_with(ctx.rewriter, match.root, match["source"], "permute", PermuteAttrs(match["perm"]))
 
 
 # Conversions that keep every value exactly: converting through them and on
@@ -215,13 +208,13 @@ class CollapseCasts(RewriteRule):
     name = "collapse-casts"
     stat = "chains_collapsed"
 
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         inner = node.inputs[0].producer if node.op == "cast" else None
         if inner is None or inner.op != "cast":
             return None
         return Match(node, {"source": inner.inputs[0], "via": inner.attrs.dtype})
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         a, b, c = match["source"].type.dtype, match["via"], match.root.attrs.dtype
         if b not in _LOSSLESS.get(a, frozenset()):
             return f"the inner cast {a} -> {b} can change values"
@@ -231,8 +224,8 @@ class CollapseCasts(RewriteRule):
             return f"float -> {c} conversion of out-of-range values is implementation-defined"
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
-        _replace_with(rewriter, match.root, match["source"], "cast", match.root.attrs)
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        _replace_with(ctx.rewriter, match.root, match["source"], "cast", match.root.attrs)
 
 
 RULES: tuple[RewriteRule, ...] = (RemoveIdentity(), CollapseReshapes(), CollapsePermutes(), CollapseCasts())
@@ -250,32 +243,32 @@ def fold_constants(graph: Graph, rw: Rewriter, max_elements: int) -> int:
     than one param per step.
     """
     ctx = EvalContext({})  # no dims are bound: only static shapes are evaluated
-    consts: dict[int, torch.Tensor] = {}
+    consts: dict[Value, torch.Tensor] = {}
     evaluated: list[Node] = []
     for node in graph.nodes:
-        if not all(id(v) in consts for v in node.inputs):
+        if not all(v in consts for v in node.inputs):
             continue
         if not all(_small_static(o.type, max_elements) for o in node.outputs):
             continue
         try:
-            outs = get_op(node.op).run(ctx, node.attrs, [consts[id(v)] for v in node.inputs])
+            outs = get_op(node.op).run(ctx, node.attrs, [consts[v] for v in node.inputs])
         except Exception:  # noqa: BLE001  (a reference that fails here will fail at run time too; leave it there)
             continue
         if len(outs) != len(node.outputs) or not all(_has_type(t, o.type) for t, o in zip(outs, node.outputs)):
             continue
         for o, t in zip(node.outputs, outs):
-            consts[id(o)] = t
+            consts[o] = t
         if node.inputs:  # `full` and `arange` are the constants' sources, already minimal
             evaluated.append(node)
     if not evaluated:
         return 0
-    folded = {id(n) for n in evaluated}
-    outputs = {id(v) for v in graph.output_values()}
+    folded = set(evaluated)
+    outputs = set(graph.output_values())
     for node in evaluated:
         for o in node.outputs:
-            escapes = id(o) in outputs or any(id(user) not in folded for user, _ in o.uses)
+            escapes = o in outputs or any(user not in folded for user, _ in o.uses)
             if escapes:
-                rw.replace_all_uses(o, _materialise(rw, node, consts[id(o)], o.type))
+                rw.replace_all_uses(o, _materialise(rw, node, consts[o], o.type))
     for node in reversed(evaluated):
         rw.erase_dead(node)
     return sum(1 for n in evaluated if rw.was_erased(n))

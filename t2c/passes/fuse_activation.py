@@ -35,9 +35,9 @@ from ..ir.core import Graph, Node, Value, dims_equal
 from ..ir.opdefs.activation import ActivationAttrs
 from ..ir.opdefs.pointwise import GeluAttrs
 from ..ir.opdefs.shape import ShapeAttrs
-from .lift_attention import scalar_constant
 from .manager import Pass, PassResult, register_pass
-from .rewrite import Match, Rewriter, RewriteRule, apply_rules
+from .patterns import only_use, operands_by, producer, scalar_constant
+from .rewrite import Match, RewriteContext, Rewriter, RewriteRule, apply_rules
 
 REL_TOL = 1e-6
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -51,18 +51,8 @@ MAX_DEGREE = 6
 MAX_DEPTH = 12
 
 
-def _producer(v: Value, *ops: str) -> Node | None:
-    n = v.producer
-    return n if n is not None and n.op in ops else None
-
-
 def _close(got: float, want: float) -> bool:
     return abs(got - want) <= REL_TOL * abs(want)
-
-
-def _only_use(v: Value, graph: Graph) -> bool:
-    """Whether `v` has exactly one use and is not a graph output."""
-    return len(v.uses) == 1 and not any(v is o for o in graph.output_values())
 
 
 # -- reading products and polynomials --------------------------------------------------------
@@ -71,7 +61,7 @@ def _only_use(v: Value, graph: Graph) -> bool:
 def _product_operands(v: Value, depth: int = 3) -> list[Value]:
     """Every value in the tree of `mul`s (and divisions by a constant) rooted at `v`, `v` excluded."""
     out: list[Value] = []
-    n = _producer(v, "mul", "div")
+    n = producer(v, "mul", "div")
     if n is None or depth == 0 or (n.op == "div" and (n.attrs.rounding_mode is not None or scalar_constant(n.inputs[1]) is None)):
         return out
     for operand in n.inputs:
@@ -89,7 +79,7 @@ def _product(v: Value, x: Value, bracket: Value, depth: int = 4) -> tuple[float,
     c = scalar_constant(v)
     if c is not None:
         return c, 0, 0
-    n = _producer(v, "mul", "div")
+    n = producer(v, "mul", "div")
     if n is None or depth == 0:
         return None
     a = _product(n.inputs[0], x, bracket, depth - 1)
@@ -183,21 +173,21 @@ class _GeluRule(RewriteRule):
     fn: ClassVar[str] = ""
     approximate: ClassVar[str] = ""
 
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         if node.op not in ("mul", "div"):  # `x * (1 + erf(...)) / 2` ends in a div
             return None
         for v in _product_operands(node.outputs[0]):
-            add = _producer(v, "add")
+            add = producer(v, "add")
             if add is None:
                 continue
             for i in (0, 1):
-                f = _producer(add.inputs[i], self.fn)
+                f = producer(add.inputs[i], self.fn)
                 one = scalar_constant(add.inputs[1 - i])
                 if f is not None and one is not None:
                     return Match(node, {"bracket": v, "one": one, "arg": f.inputs[0]})
         return None
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         if not _close(match["one"], 1.0):
             return f"{self.fn} is shifted by {match['one']!r}, not 1"
         root, bracket = match.root.outputs[0], match["bracket"]
@@ -226,9 +216,9 @@ class _GeluRule(RewriteRule):
             return None
         return reason
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
-        node = rewriter.insert("gelu", [match["x"]], GeluAttrs(self.approximate), before=match.root)
-        rewriter.replace_node(match.root, node.outputs)
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        node = ctx.rewriter.insert("gelu", [match["x"]], GeluAttrs(self.approximate), before=match.root)
+        ctx.rewriter.replace_node(match.root, node.outputs)
 
 
 class GeluErfRule(_GeluRule):
@@ -255,24 +245,27 @@ class SiluRule(RewriteRule):
     name = "silu"
     stat = "silu"
 
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         if node.op != "mul":
             return None
-        for i in (0, 1):
-            s = _producer(node.inputs[i], "sigmoid")
-            if s is not None and s.inputs[0] is node.inputs[1 - i]:
-                return Match(node, {"x": node.inputs[1 - i]})
-        return None
+        pairs = list(operands_by(node, "sigmoid"))
+        for sigmoid, x in pairs:
+            if sigmoid.inputs[0] is x:
+                return Match(node, {"x": x})
+        # a product with a sigmoid of something else: a gate, not SiLU (a near-miss worth naming)
+        return Match(node, {"x": None}) if pairs else None
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         x = match["x"]
+        if x is None:
+            return "the sigmoid is of another tensor than the one it multiplies (a gate, not SiLU)"
         if not x.type.dtype.is_float or x.type != match.root.outputs[0].type:
             return f"x is {x.type}, the product {match.root.outputs[0].type}"
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
-        node = rewriter.insert("silu", [match["x"]], before=match.root)
-        rewriter.replace_node(match.root, node.outputs)
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        node = ctx.rewriter.insert("silu", [match["x"]], before=match.root)
+        ctx.rewriter.replace_node(match.root, node.outputs)
 
 
 def _activation_of(n: Node) -> str | None:
@@ -290,30 +283,25 @@ class GatedActRule(RewriteRule):
     name = "gated-act"
     stat = "gated_act"
 
-    def __init__(self, graph: Graph):
-        self.graph = graph
-
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         if node.op != "mul":
             return None
-        for i in (0, 1):
-            act = node.inputs[i].producer
-            if act is not None and _activation_of(act) is not None:
-                return Match(node, {"act": act, "up": node.inputs[1 - i]})
+        for act, up in operands_by(node, lambda n: _activation_of(n) is not None):
+            return Match(node, {"act": act, "up": up})
         return None
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         act = match["act"]
-        if not _only_use(act.outputs[0], self.graph):
+        if not only_use(act.outputs[0], ctx.graph):
             return f"the {act.op} result is used elsewhere too"
         if not act.inputs[0].type.dtype.is_float:
             return f"the gate is {act.inputs[0].type}, not floating-point"
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
         act = match["act"]
-        node = rewriter.insert("gated_act", [act.inputs[0], match["up"]], ActivationAttrs(_activation_of(act)), before=match.root)
-        rewriter.replace_node(match.root, node.outputs)
+        node = ctx.rewriter.insert("gated_act", [act.inputs[0], match["up"]], ActivationAttrs(_activation_of(act)), before=match.root)
+        ctx.rewriter.replace_node(match.root, node.outputs)
 
 
 class BiasActRule(RewriteRule):
@@ -322,31 +310,28 @@ class BiasActRule(RewriteRule):
     name = "bias-act"
     stat = "bias_act"
 
-    def __init__(self, graph: Graph):
-        self.graph = graph
-
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         if _activation_of(node) is None:
             return None
         v = node.inputs[0]
-        reshape = _producer(v, "reshape")
+        reshape = producer(v, "reshape")
         if reshape is not None:
             v = reshape.inputs[0]
-        pre = _producer(v, "add", "linear")
+        pre = producer(v, "add", "linear")
         if pre is None or (pre.op == "linear" and len(pre.inputs) < 3):
             return None
         return Match(node, {"pre": pre, "reshape": reshape})
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         pre, reshape = match["pre"], match["reshape"]
         out = pre.outputs[0]
-        if not _only_use(out, self.graph) or (reshape is not None and not _only_use(reshape.outputs[0], self.graph)):
+        if not only_use(out, ctx.graph) or (reshape is not None and not only_use(reshape.outputs[0], ctx.graph)):
             return f"the {pre.op} result is used elsewhere too"
         if reshape is not None and not (out.type.rank and reshape.outputs[0].type.rank and dims_equal(out.type.shape[-1], reshape.outputs[0].type.shape[-1])):
             return "the reshape between the bias add and the activation changes the last dim"
         if pre.op == "linear":
             return None if pre.inputs[2].type.rank == 1 else "the linear bias is not 1-D"
-        site = self._split_add(pre)
+        site = self._split_add(ctx.graph, pre)
         if site is None:
             return "neither addend is a 1-D param the size of the other's last dim"
         x, _ = site
@@ -354,21 +339,23 @@ class BiasActRule(RewriteRule):
             return f"the add broadcasts or promotes {x.type} to {out.type}"
         return None
 
-    def _split_add(self, add: Node) -> tuple[Value, Value] | None:
+    @staticmethod
+    def _split_add(graph: Graph, add: Node) -> tuple[Value, Value] | None:
         """(x, bias) of a bias add, or None."""
         for i in (1, 0):
             x, b = add.inputs[1 - i], add.inputs[i]
-            if self.graph.is_param(b) and b.type.rank == 1 and x.type.rank >= 1 and dims_equal(b.type.shape[0], x.type.shape[-1]):
+            if graph.is_param(b) and b.type.rank == 1 and x.type.rank >= 1 and dims_equal(b.type.shape[0], x.type.shape[-1]):
                 return x, b
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        rewriter = ctx.rewriter
         act, pre, reshape = match.root, match["pre"], match["reshape"]
         if pre.op == "linear":
             x = rewriter.insert("linear", list(pre.inputs[:2]), pre.attrs, before=act).outputs[0]
             bias = pre.inputs[2]
         else:
-            x, bias = self._split_add(pre)
+            x, bias = self._split_add(ctx.graph, pre)
         if reshape is not None:  # the bias runs along the last dim, which the reshape keeps
             x = rewriter.insert("reshape", [x], ShapeAttrs(reshape.attrs.shape), before=act).outputs[0]
         node = rewriter.insert("bias_act", [x, bias], ActivationAttrs(_activation_of(act)), before=act)
@@ -394,8 +381,8 @@ class FuseActivation(Pass):
         # Activations first, so that the gated and bias rules see them as single ops.
         stats.update(apply_rules(graph, [GeluErfRule(), GeluTanhRule(), SiluRule()], rewriter=rw))
         # Gated before bias: `gelu(x + b) * up` keeps the add and becomes one gated_act.
-        stats.update(apply_rules(graph, [GatedActRule(graph)], rewriter=rw))
-        stats.update(apply_rules(graph, [BiasActRule(graph)], rewriter=rw))
+        stats.update(apply_rules(graph, [GatedActRule()], rewriter=rw))
+        stats.update(apply_rules(graph, [BiasActRule()], rewriter=rw))
         erased = stats.pop("nodes_erased", 0)
         fused = {k: v for k, v in stats.items() if v}
         if erased:

@@ -40,56 +40,23 @@ from ..ir.core import DType, Graph, Node, Value
 from ..ir.opdefs._infer import norm_axis
 from ..ir.opdefs.add_norm import AddNormAttrs
 from ..ir.opdefs.nn import NormAttrs, RMSNormAttrs
-from .lift_attention import scalar_constant
 from .manager import Pass, PassResult, register_pass
-from .rewrite import Match, Rewriter, RewriteRule, apply_rules
+from .patterns import only_use, operands_by, producer, same_value, scalar_constant, trailing_axes
+from .rewrite import Match, RewriteContext, RewriteRule, apply_rules
 
 # Dtypes in which torch's fused norms compute exactly what the chain computes.
 _WIDE = (DType.F32, DType.F64)
 
 
-def _producer(v: Value, *ops: str) -> Node | None:
-    n = v.producer
-    return n if n is not None and n.op in ops else None
-
-
-def _only_use(v: Value, graph: Graph, node: Node) -> bool:
-    """Whether `node` is the one and only user of `v` (and `v` is no graph output)."""
-    return len(v.uses) == 1 and v.uses[0][0] is node and not any(v is o for o in graph.output_values())
-
-
-def _same_value(a: Value, b: Value) -> bool:
-    """`a is b`, or both made by the same pure op on the same operands (an un-CSE'd `x - mu`)."""
-    if a is b:
-        return True
-    pa, pb = a.producer, b.producer
-    return (
-        pa is not None and pb is not None and pa.op == pb.op == "sub" and pa.attrs == pb.attrs
-        and len(pa.inputs) == len(pb.inputs) and all(x is y for x, y in zip(pa.inputs, pb.inputs))
-    )
-
-
 def _squared(v: Value) -> Value | None:
     """y when `v` is pow(y, 2) or y * y."""
-    p = _producer(v, "pow")
+    p = producer(v, "pow")
     if p is not None:
         return p.inputs[0] if scalar_constant(p.inputs[1]) == 2.0 else None
-    m = _producer(v, "mul")
-    if m is not None and _same_value(m.inputs[0], m.inputs[1]):
+    m = producer(v, "mul")
+    if m is not None and same_value(m.inputs[0], m.inputs[1]):
         return m.inputs[0]
     return None
-
-
-def _trailing(dims: tuple[int, ...], rank: int) -> int | None:
-    """k when `dims` are exactly the last k axes of a rank-`rank` tensor, else None."""
-    if not dims:
-        return None
-    try:
-        axes = sorted({norm_axis(d, rank) for d in dims})
-    except VerifyError:
-        return None
-    k = len(axes)
-    return k if len(dims) == k and axes == list(range(rank - k, rank)) else None
 
 
 @dataclass
@@ -109,24 +76,21 @@ def _parse_core(root: Node) -> "_Core | tuple[str, str] | None":
     None when it is no norm at all; (kind, reason) for a near-miss of that kind.
     """
     if root.op == "mul":
-        for h, r in (root.inputs, root.inputs[::-1]):
-            rs = _producer(r, "rsqrt")
-            if rs is not None:
-                break
-        else:
+        rs, h = next(operands_by(root, "rsqrt"), (None, None))
+        if rs is None:
             return None
     elif root.op == "div" and root.attrs.rounding_mode is None:
-        h, rs = root.inputs[0], _producer(root.inputs[1], "sqrt")
+        h, rs = root.inputs[0], producer(root.inputs[1], "sqrt")
         if rs is None:
             return None
     else:
         return None
     den = rs.inputs[0]
     eps, eps_type, stat = 0.0, None, den
-    add = _producer(den, "add")
+    add = producer(den, "add")
     if add is not None:
         for s, e in (add.inputs, add.inputs[::-1]):
-            if _producer(s, "mean", "var") is not None:
+            if producer(s, "mean", "var") is not None:
                 stat, c = s, scalar_constant(e)
                 if c is None:
                     return "rms", "eps is not a scalar constant"
@@ -134,7 +98,7 @@ def _parse_core(root: Node) -> "_Core | tuple[str, str] | None":
                 break
         else:
             return None
-    reduce = _producer(stat, "mean", "var")
+    reduce = producer(stat, "mean", "var")
     if reduce is None:
         return None
     centred = _centred(h)
@@ -149,7 +113,7 @@ def _parse_core(root: Node) -> "_Core | tuple[str, str] | None":
     y = _squared(reduce.inputs[0])
     if y is None:
         return None
-    if not _same_value(y, h):
+    if not same_value(y, h):
         return "rms", "the mean of squares is over another tensor than the one normalised"
     if centred is not None and _same_axes(centred[1], reduce):
         return _Core("layer", centred[0], reduce, eps, eps_type)
@@ -167,35 +131,41 @@ def _same_axes(a: Node, b: Node) -> bool:
 
 def _centred(h: Value) -> tuple[Value, Node] | None:
     """(x, mean node) when `h` is x - mean(x, dims, keepdim)."""
-    sub = _producer(h, "sub")
+    sub = producer(h, "sub")
     if sub is None:
         return None
-    mu = _producer(sub.inputs[1], "mean")
+    mu = producer(sub.inputs[1], "mean")
     if mu is None or mu.inputs[0] is not sub.inputs[0] or not mu.attrs.keepdim:
         return None
     return sub.inputs[0], mu
 
 
+@dataclass(frozen=True)
 class NormCoreRule(RewriteRule):
     """`h * rsqrt(mean(h²) + eps)` -> `rms_norm(h)`; the centred form -> `layer_norm(x)`."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.name = f"fuse-{kind}-norm"
-        self.stat = f"{kind}_norm_fused"
+    kind: str = "rms"  # "rms" or "layer"
 
-    def match(self, node: Node) -> Match | None:
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"fuse-{self.kind}-norm"
+
+    @property
+    def stat(self) -> str:  # type: ignore[override]
+        return f"{self.kind}_norm_fused"
+
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         core = _parse_core(node)
         if core is None or (core.kind if isinstance(core, _Core) else core[0]) != self.kind:
             return None
         return Match(node, {"core": core})
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         core = match["core"]
         if not isinstance(core, _Core):
             return core[1]
         x, red, out = core.x, core.reduce, match.root.outputs[0]
-        k = _trailing(red.attrs.dims, x.type.rank)
+        k = trailing_axes(red.attrs.dims, x.type.rank)
         if k is None:
             return f"the {red.op} is over dims {list(red.attrs.dims)}, not the trailing dims of a rank-{x.type.rank} tensor"
         if not red.attrs.keepdim:
@@ -212,37 +182,31 @@ class NormCoreRule(RewriteRule):
             return f"a negative eps {core.eps}"
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
         core = match["core"]
         x = core.x
-        k = _trailing(core.reduce.attrs.dims, x.type.rank)
+        k = trailing_axes(core.reduce.attrs.dims, x.type.rank)
         shape = tuple(x.type.shape[-k:])
         eps = core.eps
         if core.eps_type is not None and core.eps_type != x.type.dtype:
             # The chain adds eps as rounded to its constant's dtype, then promoted.
             eps = float(torch.tensor(eps, dtype=core.eps_type.torch).to(x.type.dtype.torch))
         attrs = RMSNormAttrs(shape, eps) if core.kind == "rms" else NormAttrs(shape, eps)
-        node = rewriter.insert(f"{core.kind}_norm", [x], attrs, before=match.root)
-        rewriter.replace_node(match.root, node.outputs)
+        node = ctx.rewriter.insert(f"{core.kind}_norm", [x], attrs, before=match.root)
+        ctx.rewriter.replace_node(match.root, node.outputs)
 
 
+@dataclass(frozen=True)
 class AffineRule(RewriteRule):
     """`norm(x) * w` -> `norm(x, w)`; `layer_norm(x, w) + b` -> `layer_norm(x, w, b)`."""
 
     name = "fuse-norm-affine"
     stat = "weights_absorbed"
 
-    def __init__(self, graph: Graph, stats: dict[str, int]):
-        self.graph = graph
-        self.stats = stats
-
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         if node.op not in ("mul", "add"):
             return None
-        for v, p in (node.inputs, node.inputs[::-1]):
-            norm = _producer(v, "rms_norm", "layer_norm")
-            if norm is None:
-                continue
+        for norm, p in operands_by(node, ("rms_norm", "layer_norm")):
             n_in = len(norm.inputs)
             if node.op == "mul" and n_in == 1:
                 return Match(node, {"norm": norm, "param": p, "slot": "weight"})
@@ -250,10 +214,10 @@ class AffineRule(RewriteRule):
                 return Match(node, {"norm": norm, "param": p, "slot": "bias"})
         return None
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         norm, p, out = match["norm"], match["param"], match.root.outputs[0]
         y = norm.outputs[0]
-        if not _only_use(y, self.graph, match.root):
+        if not only_use(y, ctx.graph, match.root):
             return f"the normalised tensor has other uses than the {match['slot']}"
         if p.type.dtype != y.type.dtype:
             return f"the {match['slot']} is {p.type.dtype}, the norm computes in {y.type.dtype}"
@@ -263,25 +227,27 @@ class AffineRule(RewriteRule):
             return "the result's type differs from the norm's"
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
         norm, p = match["norm"], match["param"]
         if match["slot"] == "weight":
-            p = self._folded(rewriter, p, match.root)
-        node = rewriter.insert(norm.op, list(norm.inputs) + [p], norm.attrs, before=match.root)
-        rewriter.replace_node(match.root, node.outputs)
+            p = self._folded(ctx, p, match.root)
+        node = ctx.rewriter.insert(norm.op, list(norm.inputs) + [p], norm.attrs, before=match.root)
+        ctx.rewriter.replace_node(match.root, node.outputs)
 
-    def _folded(self, rewriter: Rewriter, w: Value, user: Node) -> Value:
+    @staticmethod
+    def _folded(ctx: RewriteContext, w: Value, user: Node) -> Value:
         """Gemma's `1 + weight` (a param, maybe cast) as a new param holding the sum."""
-        add = _producer(w, "add")
-        if add is None or not _only_use(w, self.graph, user):
+        graph = ctx.graph
+        add = producer(w, "add")
+        if add is None or not only_use(w, graph, user):
             return w
         for v, c in (add.inputs, add.inputs[::-1]):
-            cast = _producer(v, "cast")
+            cast = producer(v, "cast")
             param = cast.inputs[0] if cast is not None else v
             value = scalar_constant(c)
-            if value is None or not self.graph.is_param(param) or param.name not in self.graph.params:
+            if value is None or not graph.is_param(param) or param.name not in graph.params:
                 continue
-            t = self.graph.params[param.name]
+            t = graph.params[param.name]
             if cast is not None:
                 t = t.to(cast.attrs.dtype.torch)
             const = torch.full(tuple(c.type.shape), value, dtype=c.type.dtype.torch)
@@ -289,39 +255,38 @@ class AffineRule(RewriteRule):
             folded = torch.add(t, const) if v is add.inputs[0] else torch.add(const, t)
             if tuple(folded.shape) != tuple(w.type.shape) or folded.dtype != w.type.dtype.torch:
                 continue
-            self.stats["weights_folded"] = self.stats.get("weights_folded", 0) + 1
-            return rewriter.add_param(f"{param.name}_plus_one", folded)
+            ctx.count("weights_folded")
+            return ctx.rewriter.add_param(f"{param.name}_plus_one", folded)
         return w
 
 
+@dataclass(frozen=True)
 class AddNormRule(RewriteRule):
     """`norm(a + b)` -> `add_norm(a, b)`; other uses of `a + b` read its second result."""
 
     name = "fuse-add-norm"
     stat = "add_norm_fused"
 
-    def __init__(self, graph: Graph):
-        self.graph = graph
-
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         if node.op not in ("rms_norm", "layer_norm"):
             return None
-        add = _producer(node.inputs[0], "add")
+        add = producer(node.inputs[0], "add")
         return Match(node, {"add": add}) if add is not None else None
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         add = match["add"]
         s = add.outputs[0]
         if any(v.type != s.type for v in add.inputs):
             return "the add broadcasts or promotes (not a residual add)"
-        nodes = self.graph.nodes
+        nodes = ctx.graph.nodes
         at = nodes.index(add)
         for v in match.root.inputs[1:]:
             if v.producer is not None and nodes.index(v.producer) > at:
                 return "the norm's weight or bias is computed after the residual add"
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        rewriter = ctx.rewriter
         norm, add = match.root, match["add"]
         a = norm.attrs
         attrs = AddNormAttrs("rms" if norm.op == "rms_norm" else "layer", tuple(a.normalized_shape), a.eps)
@@ -353,11 +318,10 @@ class FuseNorm(Pass):
     def run(self, graph: Graph) -> PassResult:
         stats: dict[str, int] = {}
         # The layer rule first: a centred chain is also an RMS chain of `x - mean(x)`.
-        rules = [NormCoreRule("layer"), NormCoreRule("rms"), AffineRule(graph, stats)]
-        counts = apply_rules(graph, rules)
+        counts = apply_rules(graph, [NormCoreRule("layer"), NormCoreRule("rms"), AffineRule()])
         # The adds last, so that each norm has taken its weight and bias before it becomes add_norm.
         if self.residual:
-            counts.update({k: v for k, v in apply_rules(graph, [AddNormRule(graph)]).items() if k != "nodes_erased"})
+            counts.update({k: v for k, v in apply_rules(graph, [AddNormRule()]).items() if k != "nodes_erased"})
         stats.update({k: v for k, v in counts.items() if k != "nodes_erased" and v})
         for key in ("rms_norm_fused", "layer_norm_fused", "add_norm_fused"):
             stats.setdefault(key, 0)

@@ -9,7 +9,7 @@ from ..ir.core import Graph
 from ..ir.opdefs.attention import FEATURE_MAPS, LinearAttentionAttrs, attention_operands
 from ..ir.opdefs.rope import RopeAttrs
 from .manager import Pass, PassResult, register_pass
-from .rewrite import Match, Rewriter, RewriteRule, apply_rules
+from .rewrite import Match, RewriteContext, RewriteRule, apply_rules
 
 CAUSAL_CHOICES = ("auto", "true", "false")
 
@@ -24,10 +24,10 @@ class LinearizeAttention(RewriteRule):
     name = "linear-attention"
     stat = "linearized"
 
-    def match(self, node) -> Match | None:
+    def match(self, node, ctx: RewriteContext) -> Match | None:
         return Match(node) if node.op == "attention" else None
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         node, a = match.root, match.root.attrs
         if attention_operands(node.inputs, a)[3] is not None:
             return "has a mask operand, which linear attention cannot apply"
@@ -37,18 +37,18 @@ class LinearizeAttention(RewriteRule):
             return "uses logit soft-capping, which has no linear form"
         return None
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        rewriter = ctx.rewriter
         node, a = match.root, match.root.attrs
         causal = a.causal if self.causal == "auto" else self.causal == "true"
         attrs = LinearAttentionAttrs(feature=self.feature, causal=causal, kv_heads=a.kv_heads)
         q, k, v, _, cos, sin = attention_operands(node.inputs, a)
         if a.rope != "none":
             # A fused RoPE still rotates q and k: apply it explicitly, then linearise.
-            rope = RopeAttrs(interleaved=a.rope == "interleaved", rotary_dim=a.rotary_dim)
+            rope = RopeAttrs(interleaved=a.rope == "interleaved", rotary_dim=a.rotary_dim, cache=a.rope_cache, positions=a.rope_positions)
             q = rewriter.insert("rope", [q, cos, sin], rope, before=node).outputs[0]
             k = rewriter.insert("rope", [k, cos, sin], rope, before=node).outputs[0]
         new = rewriter.insert("linear_attention", [q, k, v], attrs, before=node, output_types=[v.type for v in node.outputs])
-        new.meta = dict(node.meta)
         rewriter.replace_node(node, new.outputs)
 
 

@@ -23,6 +23,7 @@ import torch
 from ..ir.core import DType, Graph, Node, SymDim, Value, dims_equal
 from ..ir.opdefs.attention import AttentionAttrs, structural_mask
 from ..ir.ops import EvalContext, get_op
+from .patterns import cone
 
 BASE_LENGTHS = (1, 2, 3, 5, 8, 13, 16, 17, 31, 64, 100)
 # Additive masks use -inf or the dtype's most negative value for "masked".
@@ -38,25 +39,6 @@ class MaskClass:
     reason: str = ""
 
 
-def cone(graph: Graph, value: Value) -> list[Node] | None:
-    """The nodes computing `value`, in graph order; None if a graph input feeds it (data-dependent)."""
-    seen: set[int] = set()
-    stack = [value]
-    nodes: set[int] = set()
-    while stack:
-        v = stack.pop()
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
-        if v.producer is None:
-            if graph.is_param(v):
-                continue
-            return None
-        nodes.add(id(v.producer))
-        stack.extend(v.producer.inputs)
-    return [n for n in graph.nodes if id(n) in nodes]
-
-
 def _constants(nodes: list[Node]) -> set[int]:
     out = set()
     for n in nodes:
@@ -70,13 +52,13 @@ def _constants(nodes: list[Node]) -> set[int]:
 def evaluate(graph: Graph, nodes: list[Node], value: Value, bindings: dict[str, int]) -> torch.Tensor:
     """Run the cone's references with the dynamic dims bound to `bindings`."""
     ctx = EvalContext(bindings)
-    env: dict[int, torch.Tensor] = {id(v): graph.params[n] for n, v in graph.param_values.items() if n in graph.params}
+    env: dict[Value, torch.Tensor] = {v: graph.params[n] for n, v in graph.param_values.items() if n in graph.params}
     with torch.no_grad():
         for node in nodes:
-            outs = get_op(node.op).run(ctx, node.attrs, [env[id(v)] for v in node.inputs])
+            outs = get_op(node.op).run(ctx, node.attrs, [env[v] for v in node.inputs])
             for o, t in zip(node.outputs, outs):
-                env[id(o)] = t
-    return env[id(value)]
+                env[o] = t
+    return env[value]
 
 
 def _visible(mask: torch.Tensor) -> torch.Tensor | None:

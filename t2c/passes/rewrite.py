@@ -2,22 +2,28 @@
 
 A `RewriteRule` has three steps, kept apart so near-misses can be explained:
 
-- `match(node)` looks at the graph around `node` and returns a `Match` (the root
-  node plus named captures) or None when the shape is not there at all;
-- `check(match)` returns None when the rewrite is valid, else a one-line reason
-  (`t2c opt --debug-rewrites` prints these: "why did my attention not lift?");
-- `rewrite(rewriter, match)` changes the graph, only through the `Rewriter`.
+- `match(node, ctx)` looks at the graph around `node` and returns a `Match` (the
+  root node plus named captures) or None when the shape is not there at all;
+- `check(match, ctx)` returns None when the rewrite is valid, else a one-line
+  reason (`t2c opt --debug-rewrites` prints these: "why did my attention not lift?");
+- `rewrite(match, ctx)` changes the graph, only through `ctx.rewriter`.
 
-Rules keep no state between calls: everything a rule learns lives in the Match,
-so one rule object can be shared and applied anywhere. `apply_rules` walks the
-graph, applies rules until nothing changes (bounded), and erases the nodes a
-rewrite leaves dead.
+Rules keep no state: a rule object holds at most its configuration (a frozen
+dataclass's fields), so one rule can be shared and applied anywhere. What a
+rule needs beyond the node comes in `ctx` (a `RewriteContext`): the graph, the
+rewriter, pass-local data (`ctx.data`, e.g. a cache of mask classifications
+keyed by value), and `ctx.count(key)` for counts beyond the rule's own `stat`.
+`apply_rules` owns every count: it bumps each rule's `stat` once per rewrite,
+merges `ctx.count`s, and returns them together.
+
+Matchers that several passes need live in `patterns.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
@@ -25,6 +31,7 @@ import torch
 
 from ..ir.core import Graph, Node, TensorType, Value
 from ..ir.printer import Namer, format_node
+from ..ir.verifier import types_match
 
 
 @dataclass
@@ -39,18 +46,22 @@ class Match:
 
 
 class RewriteRule:
-    """Base of rewrite rules. `name` names it in debug output; `stat` is the counter it bumps."""
+    """Base of rewrite rules. `name` names it in debug output; `stat` is the counter `apply_rules` bumps.
+
+    Subclasses hold no per-run state: either no instance attributes at all, or
+    configuration only, as fields of a frozen dataclass (`apply_rules` checks).
+    """
 
     name: ClassVar[str] = ""
     stat: ClassVar[str] = "rewrites"
 
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: "RewriteContext") -> Match | None:
         raise NotImplementedError
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: "RewriteContext") -> str | None:
         return None
 
-    def rewrite(self, rewriter: "Rewriter", match: Match) -> None:
+    def rewrite(self, match: Match, ctx: "RewriteContext") -> None:
         raise NotImplementedError
 
 
@@ -63,7 +74,6 @@ class Rewriter:
     def __init__(self, graph: Graph):
         self.graph = graph
         self.counts: dict[str, int] = {"nodes_inserted": 0, "nodes_erased": 0, "uses_replaced": 0, "params_added": 0}
-        self._erased: set[int] = set()
 
     def insert(
         self,
@@ -91,7 +101,7 @@ class Rewriter:
         """Point every use of `old`, graph outputs included, at `new`."""
         if old is new:
             return
-        if old.type != new.type and not _same_type(old.type, new.type):
+        if old.type != new.type and not types_match(old.type, new.type):
             raise ValueError(f"replacing {old.type} by {new.type} would change types")
         self.graph.replace_all_uses(old, new)
         self.counts["uses_replaced"] += 1
@@ -107,42 +117,63 @@ class Rewriter:
     def erase(self, node: Node) -> None:
         """Remove a node whose results are unused."""
         self.graph.remove_node(node)
-        self._erased.add(id(node))
         self.counts["nodes_erased"] += 1
 
     def erase_many(self, nodes: Iterable[Node]) -> int:
         """Remove many unused nodes in one sweep over the node list (linear, not quadratic)."""
-        doomed = {id(n): n for n in nodes}
-        for n in doomed.values():
-            n.drop_uses()
-        self.graph.nodes = [n for n in self.graph.nodes if id(n) not in doomed]
-        self._erased.update(doomed)
-        self.counts["nodes_erased"] += len(doomed)
-        return len(doomed)
+        n = self.graph.remove_nodes(nodes)
+        self.counts["nodes_erased"] += n
+        return n
 
     def is_dead(self, node: Node) -> bool:
-        outputs = {id(v) for v in self.graph.output_values()}
-        return all(not v.uses and id(v) not in outputs for v in node.outputs)
+        outputs = set(self.graph.output_values())
+        return all(not v.uses and v not in outputs for v in node.outputs)
 
     def erase_dead(self, node: Node) -> None:
         """Erase `node` if it is dead, then the producers of its operands that this left dead."""
         stack = [node]
         while stack:
             n = stack.pop()
-            if id(n) in self._erased or not self.is_dead(n):
+            if n.erased or not self.is_dead(n):
                 continue
             producers = [v.producer for v in n.inputs if v.producer is not None]
             self.erase(n)
             stack.extend(producers)
 
-    def was_erased(self, node: Node) -> bool:
-        return id(node) in self._erased
+    @staticmethod
+    def was_erased(node: Node) -> bool:
+        return node.erased
 
 
-def _same_type(a: TensorType, b: TensorType) -> bool:
-    from ..ir.verifier import types_match
+@dataclass
+class RewriteContext:
+    """What a rule sees besides the node: the graph, the rewriter, pass-local data, extra counts."""
 
-    return types_match(a, b)
+    graph: Graph
+    rewriter: Rewriter
+    data: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add `n` to the count `key`, reported with the rules' stats by `apply_rules`."""
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def cached(self, table: str, key: Any, compute: Any) -> Any:
+        """`compute()` once per `key` in the pass-local table `table` (keys are objects, never id()s)."""
+        memo = self.data.setdefault(table, {})
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
+
+
+def _check_stateless(rule: RewriteRule) -> None:
+    """Rules carry configuration at most: fields of a frozen dataclass, or nothing."""
+    state = vars(rule) if hasattr(rule, "__dict__") else {}
+    if not state:
+        return
+    params = getattr(type(rule), "__dataclass_params__", None)
+    if params is None or not params.frozen or set(state) != {f.name for f in dataclasses.fields(rule)}:
+        raise TypeError(f"rewrite rule {type(rule).__name__} keeps state {sorted(state)}; pass it through the RewriteContext")
 
 
 def apply_rules(
@@ -152,48 +183,56 @@ def apply_rules(
     *,
     max_sweeps: int = 16,
     rewriter: Rewriter | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Apply `rules` over the graph until a sweep changes nothing (at most `max_sweeps`).
 
-    Returns the count of each rule's `stat` plus the rewriter's `nodes_erased`.
-    When `debug` is a list, appends one "rule: node: reason" line per near-miss
-    (a match whose check failed), each once.
+    Returns the count of each rule's `stat`, the counts rules made with
+    `ctx.count`, and the rewriter's `nodes_erased` (its total so far). `data` is the pass-local
+    data rules see as `ctx.data` (shared across calls when the pass passes the
+    same dict). When `debug` is a list, appends one "rule: node: reason" line per
+    near-miss (a match whose check failed), each once.
     """
-    rw = rewriter or Rewriter(graph)
+    for rule in rules:
+        _check_stateless(rule)
+    ctx = RewriteContext(graph, rewriter or Rewriter(graph), data if data is not None else {})
     stats: dict[str, int] = {r.stat: 0 for r in rules}
-    # (rule, node, reason) -> node; printed at the end so names match the final graph
-    misses: dict[tuple[str, int, str], Node] = {}
-    fired: set[tuple[str, int]] = set()  # a miss that later succeeded is no miss
+    # (rule, node, reason) -> None; printed at the end so names match the final graph.
+    # Keyed by the node object: it stays alive while listed, so no other node can alias it.
+    misses: dict[tuple[str, Node, str], None] = {}
+    fired: set[tuple[str, Node]] = set()  # a miss that later succeeded is no miss
     for _ in range(max_sweeps):
         changed = False
         for node in list(graph.nodes):
             for rule in rules:
-                if rw.was_erased(node):
+                if node.erased:
                     break
-                m = rule.match(node)
+                m = rule.match(node, ctx)
                 if m is None:
                     continue
-                reason = rule.check(m)
+                reason = rule.check(m, ctx)
                 if reason is not None:
-                    misses.setdefault((rule.name, id(node), reason), node)
+                    misses.setdefault((rule.name, node, reason), None)
                     continue
-                rule.rewrite(rw, m)
-                fired.add((rule.name, id(node)))
+                rule.rewrite(m, ctx)
+                fired.add((rule.name, node))
                 stats[rule.stat] += 1
                 changed = True
-                rw.erase_dead(node)
+                ctx.rewriter.erase_dead(node)
         if not changed:
             break
     sink = debug if debug is not None else _NEAR_MISSES.get()
     if sink is not None and misses:
         name = Namer(graph)
-        for (rule_name, node_id, reason), node in misses.items():
-            if (rule_name, node_id) in fired or rw.was_erased(node):
+        for rule_name, node, reason in misses:
+            if (rule_name, node) in fired or node.erased:
                 continue
             line = f"{rule_name}: {format_node(node, name)}: {reason}"
             if line not in sink:  # passes that call apply_rules repeatedly report a miss once
                 sink.append(line)
-    stats["nodes_erased"] = rw.counts["nodes_erased"]
+    for key, n in ctx.counts.items():
+        stats[key] = stats.get(key, 0) + n
+    stats["nodes_erased"] = ctx.rewriter.counts["nodes_erased"]  # the rewriter's total, across calls that share it
     return stats
 
 

@@ -79,7 +79,6 @@ class WindowAttention(Pass):
                 stats["already_windowed"] += 1
                 continue
             new = rw.insert("attention", node.inputs, attrs, before=node, output_types=[v.type for v in node.outputs])
-            new.meta = dict(node.meta)
             rw.replace_node(node, new.outputs)
             stats["windowed"] += 1
         return PassResult(graph, stats["windowed"] > 0, stats)

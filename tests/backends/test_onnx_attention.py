@@ -16,7 +16,8 @@ import torch
 
 from t2c.backends.onnx import LoweringError, lower
 from t2c.backends.onnx import linear_attention as la_lowering
-from t2c.backends.onnx.windowed_attention import band_plan
+from t2c.plans import attention as attention_plans
+from t2c.plans import key_blocks
 from t2c.ir import DType, Graph, TensorType
 from t2c.ir.opdefs.attention import AttentionAttrs, LinearAttentionAttrs, attention_reference, linear_attention_reference
 
@@ -112,6 +113,9 @@ CASES = {
     "window-global-pad-mask-gqa": (A(window=(7, 7), global_tokens=3, kv_heads=2), 4, 2, PAD_MASK),
     "window-global-float-mask": (A(window=(7, 7), global_tokens=3), 4, 4, FLOAT_PAD_MASK),
     "window-head-mask": (A(window=(4, 4)), 4, 4, (BOOL, ("batch", 4, 1, "seq"))),
+    "window-head-mask-gqa": (A(window=(4, 4), kv_heads=2), 4, 2, (BOOL, ("batch", 4, 1, "seq"))),
+    "window-global-float-head-mask-gqa": (A(window=(3, 3), global_tokens=2, kv_heads=2), 4, 2, (F32, (1, 4, 1, "seq"))),
+    "block-causal-global-gqa-4": (A(block=8, causal=True, global_tokens=3, kv_heads=1), 4, 1, PAD_MASK),
     "window-1d-mask": (A(window=(4, 4)), 4, 4, (BOOL, ("seq",))),
     # dense fallback
     "left-unbounded-bidir": (A(window=(-1, 3), global_tokens=2), 4, 4, None),
@@ -190,16 +194,25 @@ def test_ort_attention_only_in_float32():
 
 def test_attention_dispatch():
     """Which form each structure gets."""
-    assert band_plan(A(causal=True, window=(7, -1))) == (8, (-1, 0))
-    assert band_plan(A(window=(7, 7))) == (8, (-1, 0, 1))
-    assert band_plan(A(block=16, causal=True)) == (16, (0,))
-    assert band_plan(A(window=(-1, 3))) is None
+    assert key_blocks(A(causal=True, window=(7, -1))) == (8, (-1, 0))
+    assert key_blocks(A(window=(7, 7))) == (8, (-1, 0, 1))
+    assert key_blocks(A(block=16, causal=True)) == (16, (0,))
+    assert key_blocks(A(window=(-1, 3))) is None
 
     def ops(attrs):
         return {n.op_type for n in lower(_graph("attention", attrs)).graph.node}
 
     assert "Attention" in ops(A()) and "Attention" in ops(A(causal=True))
     assert "Attention" not in ops(A(causal=True, window=(7, -1)))
+
+
+@pytest.mark.parametrize("attrs", [A(causal=True, window=(7, -1), kv_heads=2), A(window=(7, 7), global_tokens=3, kv_heads=2)])
+def test_blocked_gqa_does_not_repeat_kv(attrs):
+    """Grouped query heads share their KV head's blocks by broadcasting: no Expand copies K or V."""
+    model = lower(_graph("attention", attrs, hq=4, hkv=2))
+    ops = [n.op_type for n in model.graph.node]
+    assert "Expand" not in ops, ops
+    assert ops.count("Gather") == 2  # one gather of key blocks for K, one for V
 
 
 def _check_linear(attrs, hq=4, hkv=4, lengths=LENGTHS, dv=6):
@@ -288,9 +301,7 @@ def test_attention_static_shapes(attrs):
 )
 def test_windows_wider_than_a_block(monkeypatch, attrs):
     """Blocks capped below the window: each query block reaches several key blocks back (and forward)."""
-    from t2c.backends.onnx import windowed_attention
-
-    monkeypatch.setattr(windowed_attention, "MAX_BLOCK", 3)
-    bk, offs = windowed_attention.band_plan(attrs)
+    monkeypatch.setattr(attention_plans, "MAX_BLOCK", 3)
+    bk, offs = key_blocks(attrs)
     assert bk == 3 and len(offs) > 2
     _check_attention(attrs, hq=4, hkv=2)

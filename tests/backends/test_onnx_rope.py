@@ -74,7 +74,8 @@ def test_rope(interleaved, rd, proven):
     g = Graph()
     x = g.add_input("x", TensorType(F32, ("batch", 4, "seq", D)))
     cos, sin = _cos_sin(g, rd, interleaved, proven)
-    g.set_output("y", g.add_node("rope", [x, cos, sin], RopeAttrs(interleaved, rd)).output)
+    cache = "paired" if proven else "full"  # what fuse-rope records for such cos/sin (tests/golden/fuse-rope)
+    g.set_output("y", g.add_node("rope", [x, cos, sin], RopeAttrs(interleaved, rd, cache)).output)
     _check(g, rotary_op=proven)
 
 
@@ -98,6 +99,6 @@ def test_attention_with_rope(form, interleaved):
     if form == "padding-mask":
         ins.append(g.add_input("mask", TensorType(BOOL, ("batch", 1, 1, "seq"))))
     ins += _cos_sin(g, rd, interleaved, proven=True)
-    attrs = AttentionAttrs(scale=0.35, kv_heads=2, rope="interleaved" if interleaved else "half", rotary_dim=rd, **ATTN[form])
+    attrs = AttentionAttrs(scale=0.35, kv_heads=2, rope="interleaved" if interleaved else "half", rotary_dim=rd, rope_cache="paired", **ATTN[form])
     g.set_output("y", g.add_node("attention", ins, attrs).output)
     _check(g, rotary_op=True)

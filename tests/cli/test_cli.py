@@ -128,3 +128,27 @@ def test_console_script_exit_code():
     proc = subprocess.run([exe, "opt", "missing.t2c", "-p", "dce"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("t2c: error: cannot read missing.t2c")
+
+
+def test_a_pass_that_breaks_the_ir_is_an_internal_error(tmp_path, capsys, monkeypatch):
+    """VerifyError from a pass is a t2c bug: exit 3. IR text a user wrote that does not verify: exit 2."""
+    from dataclasses import dataclass
+
+    from t2c.passes import Pass, PassResult, manager
+
+    @dataclass(frozen=True)
+    class Breaker(Pass):
+        def run(self, graph):
+            graph.nodes.reverse()  # uses before definitions
+            return PassResult(graph, True)
+
+    Breaker.name = "test-breaker"
+    monkeypatch.setitem(manager._PASSES, "test-breaker", Breaker)
+    before = os.path.join(GOLDEN, "dce", "dead_chain.before.t2c")
+    code, out, err = run(capsys, "opt", before, "-p", "test-breaker", "--verify-each")
+    assert code == 3 and out == "" and "after pass test-breaker" in err and err.count("\n") == 1
+
+    bad = tmp_path / "bad.t2c"  # parses, but %2 uses %3 before it is defined
+    bad.write_text('graph g\ninput %0 "x" : f32[4]\n%1 = neg(%0) : f32[4]\n%2 = abs(%1) : f32[4]\n%3 = neg(%2) : i64[4]\noutput "y" = %3\n')
+    code, _, err = run(capsys, "opt", str(bad), "-p", "dce")
+    assert code == 2 and "does not verify" in err and err.count("\n") == 1

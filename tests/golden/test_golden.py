@@ -15,13 +15,16 @@ import pytest
 import torch
 
 from t2c.ir import Graph, parse_graph, print_graph, run_graph, verify
-from t2c.passes import Pipeline
+from t2c.passes import Pipeline, collect_near_misses
 
 HERE = Path(__file__).parent
 CLEANUP = {"dce", "cse", "fold-shapes"}
 CASES = sorted(HERE.glob("*/*.before.t2c"))
 UPDATE = os.environ.get("T2C_UPDATE_GOLDEN") == "1"
 PIPELINE_LINE = "# pipeline:"
+NEAR_MISS_LINE = "# near-miss:"
+# Passes with no rewrite rules (nothing to refuse): their negative cases are pinned by the text alone.
+RULELESS = {"cse", "dce", "window"}
 
 
 def pipeline_for(path: Path, text: str) -> Pipeline:
@@ -73,7 +76,8 @@ def test_golden(before: Path) -> None:
     inputs = [random_inputs(graph, base, gen) for base in (2, 5)]
     expected_outputs = [run_graph(graph, xs) for xs in inputs]
 
-    result, _ = pipeline.run(graph, verify_each=True)
+    with collect_near_misses() as misses:
+        result, _ = pipeline.run(graph, verify_each=True)
     got = print_graph(result)
 
     if UPDATE:
@@ -82,6 +86,15 @@ def test_golden(before: Path) -> None:
     expected = parse_graph(after.read_text())
     verify(expected)
     assert got == print_graph(expected)
+
+    # A rule that refuses must refuse for the stated reason: each `# near-miss:` line is one
+    # `t2c opt --debug-rewrites` line, and a negative case of a rule-based pass must state one.
+    pinned = [line[len(NEAR_MISS_LINE):].strip() for line in text.splitlines() if line.startswith(NEAR_MISS_LINE)]
+    for line in pinned:
+        assert line in misses, f"expected near-miss {line!r}; got {misses}"
+    negative = print_graph(parse_graph(text)) == got
+    if negative and not all(p.name in RULELESS for p in pipeline.passes):
+        assert pinned, f"a negative case must pin why its rule refused ({NEAR_MISS_LINE} ...); the near-misses were {misses}"
 
     # Cleanup passes must not change a bit; other exact passes (lifting, fusion) compute the
     # same function in another order, so agree to float tolerance; approximate passes change

@@ -180,12 +180,27 @@ def test_ordering_constraint(scratch_passes):
 
 def test_presets():
     assert str(Pipeline.preset("O0")) == "fold-shapes,cse,dce"
-    assert Pipeline.preset("-O1") == Pipeline.preset(1)
-    assert Pipeline.preset("O2") == Pipeline.parse(",".join(PRESETS["O2"]))
+    assert str(Pipeline.preset("-O1")) == "fold-shapes,cse,lift-attention,fuse-rope,fuse-activation,fuse-norm,dce"
+    assert Pipeline.preset("-O1") == Pipeline.preset(1) == Pipeline.from_spec("O1")
     for names in PRESETS.values():
-        assert all(all_passes()[n].exact for n in names)
+        assert all(all_passes()[n].exact for n in names)  # approximate passes are never in a preset
+    # a preset exists only once it does what it says: -O2 waits for the int8 pass
+    with pytest.raises(UserError, match="valid presets: -O0, -O1$"):
+        Pipeline.preset("O2")
     with pytest.raises(UserError, match="-O0"):
         Pipeline.preset("O9")
+
+
+def test_cli_offers_exactly_the_presets_and_targets_that_exist(capsys):
+    from t2c.backends import all_backends
+    from t2c.cli import main
+
+    assert main(["compile", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    for key in PRESETS:
+        assert f"-{key}" in help_text
+    assert "-O2" not in help_text and "triton" not in help_text
+    assert f"[{'|'.join(all_backends())}]" in help_text
 
 
 # -- running ---------------------------------------------------------------------------

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gc
+from dataclasses import dataclass
 from pathlib import Path
 
-from t2c.ir import parse_graph, print_graph, verify
+import pytest
+
+from t2c.ir import DType, Graph, TensorType, parse_graph, print_graph, verify
 from t2c.ir.core import Node
 from t2c.passes import Match, Rewriter, RewriteRule, apply_rules, collect_near_misses
 from t2c.passes.fold_shapes import RULES
+from t2c.passes.rewrite import RewriteContext
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 
@@ -30,17 +35,17 @@ class DoubleNegation(RewriteRule):
     name = "double-negation"
     stat = "negations_removed"
 
-    def match(self, node: Node) -> Match | None:
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
         inner = node.inputs[0].producer if node.op == "neg" else None
         if inner is None or inner.op != "neg":
             return None
         return Match(node, {"x": inner.inputs[0]})
 
-    def check(self, match: Match) -> str | None:
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
         return None if match["x"].type.dtype.is_float else "integer operand"
 
-    def rewrite(self, rewriter: Rewriter, match: Match) -> None:
-        rewriter.replace_node(match.root, [match["x"]])
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        ctx.rewriter.replace_node(match.root, [match["x"]])
 
 
 def test_rule_match_count_near_miss_and_cleanup():
@@ -87,3 +92,87 @@ output "y" = %2
     debug: list[str] = []
     assert apply_rules(g, RULES, debug)["chains_collapsed"] == 0
     assert debug == ["collapse-casts: %2 = cast(%1) {dtype=i32} : i32[4]: float -> i32 conversion of out-of-range values is implementation-defined"]
+
+
+# -- erasure survives garbage collection ---------------------------------------------------------
+
+
+class _Swap(RewriteRule):
+    """`src(x)` -> `dst(x)`; with `collect`, forces one garbage collection per `apply_rules` call first.
+
+    Erased nodes sit in reference cycles (node -> output value -> producer), so a
+    collection frees them, and a node made right after can take a freed node's
+    address. Erasure recorded by id() then mistook the new node for an erased one
+    and skipped it in every later sweep.
+    """
+
+    src = dst = ""
+    collect = False
+
+    def match(self, node: Node, ctx: RewriteContext) -> Match | None:
+        return Match(node) if node.op == self.src else None
+
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        if self.collect and not ctx.data.get("collected"):
+            ctx.data["collected"] = True
+            gc.collect()
+        new = ctx.rewriter.insert(self.dst, list(match.root.inputs), before=match.root)
+        ctx.rewriter.replace_node(match.root, new.outputs)
+
+
+class ExpToSigmoid(_Swap):
+    name, stat, src, dst = "exp-to-sigmoid", "to_sigmoid", "exp", "sigmoid"
+
+
+class SigmoidToTanh(_Swap):
+    name, stat, src, dst, collect = "sigmoid-to-tanh", "to_tanh", "sigmoid", "tanh", True
+
+
+class TanhToRelu(_Swap):
+    name, stat, src, dst = "tanh-to-relu", "to_relu", "tanh", "relu"
+
+
+def test_every_matchable_node_is_rewritten_despite_gc():
+    """Regression: with erasure kept as a set of id()s this left tanh nodes behind in 10 runs of 10."""
+    n = 50
+    for _ in range(10):
+        g = Graph()
+        x = g.add_input("x", TensorType(DType.F32, (4,)))
+        for i in range(n):
+            g.set_output(f"y{i}", g.add_node("exp", [x]).output)
+        stats = apply_rules(g, [ExpToSigmoid(), SigmoidToTanh(), TanhToRelu()])
+        verify(g)
+        assert g.op_counts() == {"relu": n}
+        assert stats["to_sigmoid"] == stats["to_tanh"] == stats["to_relu"] == n
+
+
+def test_rules_keep_no_state():
+    """A rule holds configuration (frozen dataclass fields) at most; anything else is refused."""
+
+    class Stateful(_Swap):
+        name, src, dst = "stateful", "exp", "tanh"
+
+        def __init__(self):
+            self.seen = []
+
+    @dataclass(frozen=True)
+    class Configured(_Swap):
+        name, src = "configured", "exp"
+        dst: str = "tanh"
+
+    g = parse_graph(NEG_OF_NEG)
+    with pytest.raises(TypeError, match="keeps state"):
+        apply_rules(g, [Stateful()])
+    assert apply_rules(g, [Configured("abs")])["rewrites"] == 0  # configuration is fine (no exp here)
+
+
+def test_counts_go_through_apply_rules():
+    """`ctx.count` from a rule is reported with the rules' stats, summed over sweeps."""
+
+    class CountingNeg(DoubleNegation):
+        def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+            ctx.count("inner_negations")
+            super().rewrite(match, ctx)
+
+    stats = apply_rules(parse_graph(NEG_OF_NEG), [CountingNeg()])
+    assert stats["negations_removed"] == 1 and stats["inner_negations"] == 1

@@ -1,32 +1,44 @@
-"""The ONNX backend: `lower` an IR graph to an onnx.ModelProto, `save` it to a folder.
+"""The ONNX backend (`--target onnx`): lower an IR graph to an onnx.ModelProto, save it, run it in ONNX Runtime.
 
     model = lower(graph)                 # opset 23, flavor "standard", dynamic batch/seq
     path = save(model, "out/")           # out/model.onnx (+ model.onnx.data past 1 GiB)
+    OnnxSession(path)(input_ids=ids)     # {output name: tensor}
 
-Every IR op has a lowering in the table of `lowering.py` (`@lowers("op")`);
-`attention.py` (sdpa), `windowed_attention.py` (attention: Attention op, blocked
-window/block/global form, dense fallback), `linear_attention.py`, `moe.py`,
-`activations.py` (gated_act, bias_act) and `norms.py` (add_norm) add their entries to it. `context.py` names
-tensors and computes symbolic dims at run time, `flavors.py` lists the
-flavors, `model.py` assembles and checks the model.
+Files, one concept each:
+    lowering.py           the standard lowering table (@lowers) and the core ATen ops
+    attention.py          `sdpa` and `attention` (its plan picks the fused Attention op or dense math)
+    blocked_attention.py  the blocked O(n*(W+G)) form of windowed / block-local / global attention
+    linear_attention.py   `linear_attention` as O(n) matmuls
+    rope.py, norms.py, activations.py, moe.py   the other semantic ops
+    flavors.py            flavors as overlays on the table; ort_attention.py and ort_fusions.py fill `ort`'s
+    context.py            tensor names, initializers, run-time dims
+    model.py              assembles and checks the ModelProto
+    runtime.py            OnnxSession (ONNX Runtime, torch tensors in and out)
+This package is the only one in t2c that imports onnx or onnxruntime.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import onnx
 
+from ...errors import UserError
 from ...ir.core import Graph
+from ..registry import Backend, option, register_backend
 from .context import LoweringError
+from .flavors import FLAVORS
 from .lowering import LOWERINGS, check_complete, lowers
-from . import activations, attention, linear_attention, moe, norms, rope, windowed_attention  # noqa: E402,F401  (their @lowers entries join the table)
-from .model import build_model
+from . import activations, attention, blocked_attention, linear_attention, moe, norms, rope  # noqa: E402,F401  (their @lowers entries join the table)
+from . import ort_attention, ort_fusions  # noqa: E402,F401  (the ort overlay)
+from .model import MIN_OPSET, build_model
+from .runtime import OnnxSession
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # weights beyond 1 GiB go to model.onnx.data
 
 
-def lower(graph: Graph, *, opset: int = 23, flavor: str = "standard", static: bool = False) -> onnx.ModelProto:
+def lower(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard", static: bool = False) -> onnx.ModelProto:
     """Lower `graph` to an ONNX model; inputs and outputs keep the IR's names.
 
     Dynamic dims become dim_params named after their symbol (`batch`, `seq`);
@@ -55,4 +67,38 @@ def save(model: onnx.ModelProto, out_dir: str, *, external_threshold: int = EXTE
     return path
 
 
-__all__ = ["lower", "save", "lowers", "LOWERINGS", "check_complete", "LoweringError", "initializer_bytes"]
+@dataclass(frozen=True)
+class OnnxOptions:
+    """What `--target onnx` takes: the flavor (flavors.py) and the opset."""
+
+    flavor: str = option("standard", "standard: only ai.onnx ops; ort: ONNX Runtime's com.microsoft kernels where exact and faster", tuple(FLAVORS))
+    opset: int = option(MIN_OPSET, f"the ai.onnx opset to emit ({MIN_OPSET} or newer)")
+
+    def __post_init__(self) -> None:
+        if self.opset < MIN_OPSET:
+            raise UserError(f"opset {self.opset} is too old: t2c emits opset {MIN_OPSET} or newer (--opset {MIN_OPSET})")
+
+
+@register_backend
+class OnnxBackend(Backend):
+    """An ONNX model (`model.onnx`) run by ONNX Runtime."""
+
+    name = "onnx"
+    artifact = "model.onnx"
+    Options = OnnxOptions
+    doc = "an ONNX model (opset 23+) for ONNX Runtime or any ONNX runtime"
+
+    def lower(self, graph: Graph, options: OnnxOptions) -> onnx.ModelProto:
+        return lower(graph, opset=options.opset, flavor=options.flavor)
+
+    def save(self, artifact: onnx.ModelProto, folder: str, options: OnnxOptions) -> None:
+        save(artifact, folder)
+
+    def load(self, folder: str, options: OnnxOptions) -> OnnxSession:
+        return OnnxSession(os.path.join(folder, self.artifact))
+
+    def describe(self, options: OnnxOptions) -> str:
+        return f"opset {options.opset}, {options.flavor}"
+
+
+__all__ = ["lower", "save", "lowers", "LOWERINGS", "check_complete", "LoweringError", "initializer_bytes", "OnnxSession", "OnnxBackend"]

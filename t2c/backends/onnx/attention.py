@@ -1,64 +1,257 @@
-"""Lowering of `sdpa` (torch's scaled_dot_product_attention).
+"""Lowerings of `sdpa` and of the semantic `attention` op (t2c/ir/opdefs/attention.py).
 
-4-D inputs go to the opset-23 `Attention` op, whose semantics match torch for
-[batch, heads, seq, head_dim] tensors: `scale` (default 1/sqrt(head_dim)), a
-boolean mask where True attends or an additive float mask, `is_causal` as an
-upper-left aligned lower triangle, and GQA when q has a multiple of k's heads
-(each kv head serves consecutive q heads, as torch's enable_gqa). Other ranks
-use explicit MatMul/Softmax math with the same semantics.
+`attention` takes the form its plan (t2c/plans/attention.py) names:
+
+1. "fused": the opset-23 `Attention` op, which carries scale, softcap (applied
+   before the mask, as in the IR), GQA and a bool/float mask.
+2. "blocked": blocked_attention.py, which never materialises an Sq x Sk tensor.
+3. "dense": explicit math over whole scores with the structural mask built from
+   Range/compare ops.
+
+With rope fused (rope != "none"), q and k are rotated first by the `rope`
+lowering (rope.py) and the attention is then lowered as above. The ort flavor's
+GroupQueryAttention / MultiHeadAttention are an overlay (ort_attention.py).
+
+Scores are computed in f32 for f16/bf16 inputs, as the IR reference does; rows
+that see no key give zeros.
+
+`sdpa` (torch's scaled_dot_product_attention): 4-D inputs go to the same
+`Attention` op, whose semantics match torch for [batch, heads, seq, head_dim]
+tensors (default scale 1/sqrt(head_dim), bool or additive mask, `is_causal` as an
+upper-left aligned lower triangle, GQA as torch's enable_gqa); other ranks use
+explicit MatMul/Softmax math with the same semantics.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from ...ir.core import DType
+from ...ir.core import DType, Node, TensorType, dim_floordiv, dims_equal
+from ...ir.opdefs.attention import attention_operands
+from ...plans import AttentionPlan, attention_plan
+from .context import ONNX_DTYPE
 from .lowering import arg, lowers, out_dtype
+from .rope import lower_rope
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One `attention` as ONNX tensors: q and k already rotated when rope is fused, and its plan."""
+
+    q: str
+    k: str
+    v: str
+    mask: str | None
+    q_t: TensorType
+    k_t: TensorType
+    v_t: TensorType
+    mask_t: TensorType | None
+    dtype: DType  # of the result
+    plan: AttentionPlan
+
+
+def plan_of(node: Node) -> AttentionPlan:
+    """The attention plan of an `attention` node (no ONNX emitted)."""
+    q, k, v, mask, cos, _ = attention_operands(node.inputs, node.attrs)
+    return attention_plan(node.attrs, q.type, k.type, v.type, mask.type if mask is not None else None, cos.type if cos is not None else None)
+
+
+def attention_call(ctx, node: Node, plan: AttentionPlan | None = None) -> AttentionCall:
+    """Name the operands of `node` in ONNX, rotating q and k first when rope is fused."""
+    plan = plan or plan_of(node)
+    q_v, k_v, v_v, mask_v, cos_v, sin_v = attention_operands(node.inputs, node.attrs)
+    q, k = ctx.name(q_v), ctx.name(k_v)
+    if plan.rope is not None:
+        cos, sin = ctx.name(cos_v), ctx.name(sin_v)
+        q = lower_rope(ctx, plan.rope, q, q_v.type, cos, sin, cos_v.type)
+        k = lower_rope(ctx, plan.rope, k, k_v.type, cos, sin, cos_v.type)
+    mask = ctx.name(mask_v) if mask_v is not None else None
+    return AttentionCall(
+        q, k, ctx.name(v_v), mask, q_v.type, k_v.type, v_v.type, mask_v.type if mask_v is not None else None,
+        out_dtype(node), plan,
+    )
+
+
+@lowers("attention")
+def _attention(ctx, node):
+    from .blocked_attention import lower_blocked
+
+    call = attention_call(ctx, node)
+    form = call.plan.form
+    if form == "fused":
+        return [_attention_op(ctx, call)]
+    if form == "blocked":
+        return [lower_blocked(ctx, call)]
+    return [_dense(ctx, call)]
+
+
+# -- the Attention op --------------------------------------------------------------------
+
+
+def _attention_op(ctx, call: AttentionCall) -> str:
+    p, dt = call.plan, call.dtype
+    inputs = [call.q, call.k, call.v]
+    if call.mask is not None:
+        m_t, m = call.mask_t, call.mask
+        if m_t.dtype != DType.BOOL:
+            m = ctx.cast(m, m_t.dtype, dt)
+        if m_t.rank < 4:
+            m = ctx.emit("Unsqueeze", [m, ctx.ints(list(range(4 - m_t.rank)))])
+        if m_t.rank < 2 or not dims_equal(m_t.shape[-2], call.q_t.shape[-2]):
+            # onnxruntime wants the mask's query dim spelled out (a [B,1,1,Sk] padding mask is not taken)
+            sq = ctx.emit("Shape", [inputs[0]], start=2, end=3)
+            m = ctx.emit("Expand", [m, ctx.emit("Concat", [ctx.ints([1, 1]), sq, ctx.ints([1])], axis=0)])
+        inputs.append(m)
+    attrs = {"is_causal": int(p.causal), "scale": float(p.scale)}
+    if p.softcap > 0:
+        attrs["softcap"] = float(p.softcap)
+    if dt in (DType.F16, DType.BF16):
+        attrs["softmax_precision"] = ONNX_DTYPE[DType.F32]
+    return ctx.emit("Attention", inputs, **attrs)
+
+
+# -- pieces the dense and blocked forms share ------------------------------------------
+
+
+def compute_dtype(dt: DType) -> DType:
+    """Scores and softmax run in f32 for half inputs, as the reference does."""
+    return DType.F32 if dt in (DType.F16, DType.BF16) else dt
+
+
+def scores(ctx, q, k, p: AttentionPlan, cdt, kt_perm):
+    """scale * q @ k^T, soft-capped."""
+    s = ctx.emit("MatMul", [q, ctx.emit("Transpose", [k], perm=kt_perm)])
+    s = ctx.emit("Mul", [s, ctx.const(float(p.scale), cdt)])
+    if p.softcap > 0:
+        cap = ctx.const(float(p.softcap), cdt)
+        s = ctx.emit("Mul", [ctx.emit("Tanh", [ctx.emit("Div", [s, cap])]), cap])
+    return s
+
+
+def all_of(ctx, conds):
+    """The And of the conditions that are not None, or None when none is left."""
+    conds = [c for c in conds if c is not None]
+    if not conds:
+        return None
+    out = conds[0]
+    for c in conds[1:]:
+        out = ctx.emit("And", [out, c])
+    return out
+
+
+def i64(ctx, v: int) -> str:
+    return ctx.const(v, DType.I64)
+
+
+def band_rule(ctx, i, j, p: AttentionPlan):
+    """The band rule of the IR (window bounds and block-local), or None when it is always true."""
+    left, right = p.window
+    conds = []
+    if left >= 0:
+        conds.append(ctx.emit("GreaterOrEqual", [j, ctx.emit("Sub", [i, i64(ctx, left)])]))
+    if right >= 0:
+        conds.append(ctx.emit("LessOrEqual", [j, ctx.emit("Add", [i, i64(ctx, right)])]))
+    if p.block > 0:
+        b = i64(ctx, p.block)
+        conds.append(ctx.emit("Equal", [ctx.floordiv(i, b), ctx.floordiv(j, b)]))
+    return all_of(ctx, conds)
+
+
+def zero_nan(ctx, probs, cdt):
+    """softmax of an all -inf row is NaN; the IR gives zeros there."""
+    return ctx.emit("Where", [ctx.emit("IsNaN", [probs]), ctx.const(0.0, cdt), probs])
+
+
+def seq_len(ctx, x, axis):
+    return ctx.emit("Shape", [x], start=axis, end=axis + 1)  # [1] int64
+
+
+def arange(ctx, n1):
+    """Range(0, n) as int64 [n] for a [1] int64 tensor n."""
+    n = ctx.emit("Squeeze", [n1, ctx.ints([0])])
+    return ctx.emit("Range", [i64(ctx, 0), n, i64(ctx, 1)])
+
+
+def repeat_heads(ctx, x, t, q_heads):
+    """[..., Hkv, S, D] -> [..., Hq, S, D], each kv head repeated Hq/Hkv times in a row."""
+    group = dim_floordiv(q_heads, t.shape[-3])
+    lead, hkv, s, d = list(t.shape[:-3]), t.shape[-3], t.shape[-2], t.shape[-1]
+    x = ctx.emit("Unsqueeze", [x, ctx.ints([t.rank - 2])])
+    x = ctx.emit("Expand", [x, ctx.shape(lead + [hkv, group, s, d])])
+    return ctx.emit("Reshape", [x, ctx.shape(lead + [q_heads, s, d])], allowzero=1)
+
+
+# -- dense -------------------------------------------------------------------------------
+
+
+def _dense(ctx, call: AttentionCall) -> str:
+    """Full [B,H,Sq,Sk] scores with the structural mask from Range/compare ops."""
+    p, dt = call.plan, call.dtype
+    cdt = compute_dtype(dt)
+    q, k, v = (ctx.cast(x, t.dtype, cdt) for x, t in ((call.q, call.q_t), (call.k, call.k_t), (call.v, call.v_t)))
+    if p.group > 1:
+        k, v = repeat_heads(ctx, k, call.k_t, p.q_heads), repeat_heads(ctx, v, call.v_t, p.q_heads)
+    s = scores(ctx, q, k, p, cdt, [0, 1, 3, 2])
+    i = ctx.emit("Unsqueeze", [arange(ctx, seq_len(ctx, q, 2)), ctx.ints([1])])
+    j = arange(ctx, seq_len(ctx, k, 2))
+    visible = band_rule(ctx, i, j, p)
+    if p.global_tokens > 0 and visible is not None:
+        g = i64(ctx, p.global_tokens)
+        visible = ctx.emit("Or", [visible, ctx.emit("Or", [ctx.emit("Less", [i, g]), ctx.emit("Less", [j, g])])])
+    if p.causal:
+        visible = all_of(ctx, [visible, ctx.emit("LessOrEqual", [j, i])])
+    if call.mask is not None:
+        if p.mask_bool:
+            visible = all_of(ctx, [visible, call.mask])
+        else:
+            s = ctx.emit("Add", [s, ctx.cast(call.mask, call.mask_t.dtype, cdt)])
+    if visible is not None:
+        s = ctx.emit("Where", [visible, s, ctx.const(float("-inf"), cdt)])
+    probs = zero_nan(ctx, ctx.emit("Softmax", [s], axis=-1), cdt)
+    return ctx.cast(ctx.emit("MatMul", [probs, v]), cdt, dt)
+
+
+# -- sdpa --------------------------------------------------------------------------------
 
 
 @lowers("sdpa")
 def _sdpa(ctx, node):
-    q_t = node.inputs[0].type
-    if q_t.rank == 4:
-        return [_attention_op(ctx, node)]
-    return [_explicit(ctx, node)]
+    if node.inputs[0].type.rank == 4:
+        a = node.attrs
+        inputs = [arg(ctx, node, i) for i in range(len(node.inputs))]
+        attrs = {"is_causal": int(a.is_causal)}
+        if a.scale is not None:
+            attrs["scale"] = float(a.scale)
+        return [ctx.emit("Attention", inputs, **attrs)]
+    return [_sdpa_explicit(ctx, node)]
 
 
-def _attention_op(ctx, node):
-    a = node.attrs
-    inputs = [arg(ctx, node, i) for i in range(len(node.inputs))]
-    attrs = {"is_causal": int(a.is_causal)}
-    if a.scale is not None:
-        attrs["scale"] = float(a.scale)
-    return ctx.emit("Attention", inputs, **attrs)
-
-
-def _explicit(ctx, node):
+def _sdpa_explicit(ctx, node):
     """softmax(q @ k^T * scale + mask) @ v for any rank >= 2 (GQA repeats k/v heads)."""
     a, dt = node.attrs, out_dtype(node)
     q_t, k_t = node.inputs[0].type, node.inputs[1].type
     q, k, v = (arg(ctx, node, i) for i in range(3))
     if a.enable_gqa and q_t.rank >= 3 and q_t.shape[-3] != k_t.shape[-3]:
-        k, v = (_repeat_heads(ctx, t, node.inputs[i].type, q_t.shape[-3]) for i, t in ((1, k), (2, v)))
+        k, v = (repeat_heads(ctx, t, node.inputs[i].type, q_t.shape[-3]) for i, t in ((1, k), (2, v)))
     r = q_t.rank
     scale = a.scale if a.scale is not None else 1.0 / math.sqrt(q_t.shape[-1])
     perm = list(range(r - 2)) + [r - 1, r - 2]
-    scores = ctx.emit("MatMul", [q, ctx.emit("Transpose", [k], perm=perm)])
-    scores = ctx.emit("Mul", [scores, ctx.const(scale, dt)])
+    s = ctx.emit("MatMul", [q, ctx.emit("Transpose", [k], perm=perm)])
+    s = ctx.emit("Mul", [s, ctx.const(scale, dt)])
     if a.is_causal:
-        scores = _add_mask(ctx, scores, _causal(ctx, q_t.shape[-2], k_t.shape[-2]), DType.BOOL, dt)
+        s = _add_mask(ctx, s, _causal(ctx, q_t.shape[-2], k_t.shape[-2]), DType.BOOL, dt)
     if len(node.inputs) > 3:
-        scores = _add_mask(ctx, scores, arg(ctx, node, 3), node.inputs[3].type.dtype, dt)
-    probs = ctx.emit("Softmax", [scores], axis=-1)
+        s = _add_mask(ctx, s, arg(ctx, node, 3), node.inputs[3].type.dtype, dt)
+    probs = ctx.emit("Softmax", [s], axis=-1)
     # A fully masked row softmaxes to NaN; torch (and ONNX Attention) give zeros there.
-    probs = ctx.emit("Where", [ctx.emit("IsNaN", [probs]), ctx.const(0.0, dt), probs])
-    return ctx.emit("MatMul", [probs, v])
+    return ctx.emit("MatMul", [zero_nan(ctx, probs, dt), v])
 
 
-def _add_mask(ctx, scores, mask, mask_dtype, dt):
+def _add_mask(ctx, s, mask, mask_dtype, dt):
     if mask_dtype == DType.BOOL:  # True attends; False gets -inf
         mask = ctx.emit("Where", [mask, ctx.const(0.0, dt), ctx.const(float("-inf"), dt)])
-    return ctx.emit("Add", [scores, ctx.cast(mask, mask_dtype, dt)])
+    return ctx.emit("Add", [s, ctx.cast(mask, mask_dtype, dt)])
 
 
 def _causal(ctx, lq, lk):
@@ -67,14 +260,3 @@ def _causal(ctx, lq, lk):
     rows = ctx.emit("Unsqueeze", [ctx.emit("Range", [zero, ctx.dim(lq), one]), ctx.ints([1])])
     cols = ctx.emit("Range", [zero, ctx.dim(lk), one])
     return ctx.emit("LessOrEqual", [cols, rows])
-
-
-def _repeat_heads(ctx, x, t, q_heads):
-    """[..., Hkv, S, D] -> [..., Hq, S, D], each kv head repeated Hq/Hkv times in a row."""
-    from ...ir.core import dim_floordiv
-
-    group = dim_floordiv(q_heads, t.shape[-3])
-    lead, hkv, s, d = list(t.shape[:-3]), t.shape[-3], t.shape[-2], t.shape[-1]
-    x = ctx.emit("Unsqueeze", [x, ctx.ints([t.rank - 2])])
-    x = ctx.emit("Expand", [x, ctx.shape(lead + [hkv, group, s, d])])
-    return ctx.emit("Reshape", [x, ctx.shape(lead + [q_heads, s, d])], allowzero=1)

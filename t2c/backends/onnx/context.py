@@ -9,7 +9,7 @@ first input that has it).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import onnx
 import sympy
@@ -19,6 +19,9 @@ from onnx import TensorProto, helper
 from ...errors import T2CError
 from ...ir.core import Dim, DType, Graph, SymDim, Value
 from ...ir.core import dim as as_dim
+
+if TYPE_CHECKING:
+    from .flavors import Flavor
 
 ONNX_DTYPE = {
     DType.F64: TensorProto.DOUBLE,
@@ -52,14 +55,19 @@ def tensor_proto(name: str, t: torch.Tensor) -> TensorProto:
 class Context:
     """Builds the ONNX node list while lowering one IR graph."""
 
-    def __init__(self, graph: Graph, opset: int, flavor: str = "standard"):
+    def __init__(self, graph: Graph, opset: int, flavor: "Flavor | None" = None):
+        from .flavors import FLAVORS
+
         self.graph = graph
         self.opset = opset
-        self.flavor = flavor  # "ort" lets lowerings emit com.microsoft ops (emit(..., domain="com.microsoft"))
+        self.flavor = flavor or FLAVORS["standard"]  # its overlay is tried before the standard lowerings
         self.nodes: list[onnx.NodeProto] = []
+        # Tensors computed once per graph and shared by every node that needs them (the
+        # blocked attention's structural bias), keyed by what determines them.
+        self.shared: dict[tuple, Any] = {}
         self.initializers: dict[str, TensorProto] = {}
         self.current_op = "graph"  # IR op being lowered; names its ONNX nodes
-        self._names: dict[int, str] = {v_id: v.name for v_id, v in ((id(v), v) for v in graph.inputs)}
+        self._names: dict[Value, str] = {v: v.name for v in graph.inputs}
         self._used: set[str] = {v.name for v in graph.inputs} | set(graph.param_values) | {n for n, _ in graph.outputs}
         self._counter = 0
         self._consts: dict[tuple, str] = {}
@@ -77,19 +85,19 @@ class Context:
 
     def name(self, v: Value) -> str:
         """The ONNX name of IR value `v`; a param becomes an initializer on first use."""
-        if id(v) in self._names:
-            return self._names[id(v)]
+        if v in self._names:
+            return self._names[v]
         if self.graph.is_param(v):
             if v.name not in self.graph.params:
                 raise LoweringError(f"param @{v.name} has no data (graphs parsed from text carry types only)")
             self.add_initializer(v.name, self.graph.params[v.name])
-            self._names[id(v)] = v.name
+            self._names[v] = v.name
             return v.name
         raise LoweringError(f"value {v!r} is used before the node that makes it was lowered")
 
     def bind(self, v: Value, name: str) -> None:
         """Record that IR value `v` is the ONNX tensor `name`."""
-        self._names[id(v)] = name
+        self._names[v] = name
 
     def param_tensor(self, v: Value) -> torch.Tensor | None:
         """The data of `v` when it is a param with data, else None."""
@@ -105,9 +113,13 @@ class Context:
         return name
 
     # -- nodes ------------------------------------------------------------------------
-    def emit(self, op_type: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> Any:
-        """Append one ONNX node; returns its output name (or the list of them if n_out > 1)."""
-        outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
+    def emit(self, op_type: str, inputs: Sequence[str], n_out: int = 1, *, unused: Sequence[int] = (), **attrs: Any) -> Any:
+        """Append one ONNX node; returns its output name (or the list of them if n_out > 1).
+
+        Outputs whose positions are in `unused` are left unnamed (optional outputs
+        such as a norm's training statistics); `domain=` picks a contrib domain.
+        """
+        outs = ["" if i in unused else self.fresh(op_type.lower()) for i in range(n_out)]
         node_name = self.fresh(f"{self.current_op}/{op_type}")
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
         return outs[0] if n_out == 1 else outs

@@ -19,7 +19,7 @@ Memory is O(n*C + n/C*D*Dv); no Loop is needed.
 from __future__ import annotations
 
 from ...ir.core import DType
-from .attention import _repeat_heads
+from .attention import repeat_heads
 from .lowering import arg, lowers, out_dtype
 
 CHUNK = 64  # causal chunk length; tests may patch it smaller
@@ -32,8 +32,8 @@ def _linear_attention(ctx, node):
     q_t, k_t, v_t = (node.inputs[i].type for i in range(3))
     q, k, v = (arg(ctx, node, i, cdt) for i in range(3))
     if q_t.shape[1] != k_t.shape[1]:
-        k = _repeat_heads(ctx, k, k_t, q_t.shape[1])
-        v = _repeat_heads(ctx, v, v_t, q_t.shape[1])
+        k = repeat_heads(ctx, k, k_t, q_t.shape[1])
+        v = repeat_heads(ctx, v, v_t, q_t.shape[1])
     one = ctx.const(1.0, cdt)
     fq = ctx.emit("Add", [ctx.emit("Elu", [q], alpha=1.0), one])
     fk = ctx.emit("Add", [ctx.emit("Elu", [k], alpha=1.0), one])

@@ -1,7 +1,10 @@
-"""The lowering table: one function per IR op, emitting ai.onnx nodes.
+"""The standard lowering table: one function per IR op, emitting ai.onnx nodes.
 
 `@lowers("op", ...)` registers a function `fn(ctx, node) -> list[str]` that
-returns the ONNX names of the node's outputs. The IR op references
+returns the ONNX names of the node's outputs. The semantic ops have their own
+files (attention.py, blocked_attention.py, linear_attention.py, rope.py,
+norms.py, activations.py, moe.py); a flavor's overlay (flavors.py) is tried
+before this table. The IR op references
 (`t2c/ir/opdefs`) are the semantics reproduced here; where ONNX differs from
 torch (integer division, remainder signs, flip, GQA), the comments say how.
 """
@@ -480,30 +483,6 @@ def _matmul(ctx, node):
     return [ctx.emit("MatMul", [a, b])]
 
 
-def _norm_scale(ctx, node, dt):
-    if len(node.inputs) > 1:
-        return arg(ctx, node, 1)
-    shape = list(node.attrs.normalized_shape)
-    return ctx.const(torch.ones(shape).tolist(), dt, shape)
-
-
-@lowers("layer_norm")
-def _layer_norm(ctx, node):
-    a, dt = node.attrs, out_dtype(node)
-    inputs = [arg(ctx, node, 0), _norm_scale(ctx, node, dt)]
-    if len(node.inputs) > 2:
-        inputs.append(arg(ctx, node, 2))
-    return [ctx.emit("LayerNormalization", inputs, axis=-len(a.normalized_shape), epsilon=float(a.eps))]
-
-
-@lowers("rms_norm")
-def _rms_norm(ctx, node):
-    a, dt = node.attrs, out_dtype(node)
-    eps = a.eps if a.eps is not None else torch.finfo(dt.torch).eps  # torch's default
-    inputs = [arg(ctx, node, 0), _norm_scale(ctx, node, dt)]
-    return [ctx.emit("RMSNormalization", inputs, axis=-len(a.normalized_shape), epsilon=float(eps))]
-
-
 def check_complete() -> list[str]:
     """IR ops that have no ONNX lowering (empty when the table is complete)."""
     from ...ir import all_ops
@@ -512,12 +491,21 @@ def check_complete() -> list[str]:
 
 
 def lower_node(ctx: Context, node: Node) -> list:
-    """Lower one node through the table; the result names one ONNX tensor per IR output."""
-    try:
-        fn = LOWERINGS[node.op]
-    except KeyError:
-        raise LoweringError(f"the ONNX backend has no lowering for IR op {node.op!r}") from None
-    outs = fn(ctx, node)
+    """Lower one node: the flavor's overlay first, else the standard table.
+
+    The result names one ONNX tensor per IR output. An overlay lowering that
+    returns None has emitted nothing and leaves the node to the standard one.
+    """
+    outs = None
+    special = ctx.flavor.overlay.get(node.op)
+    if special is not None:
+        outs = special(ctx, node)
+    if outs is None:
+        try:
+            fn = LOWERINGS[node.op]
+        except KeyError:
+            raise LoweringError(f"the ONNX backend has no lowering for IR op {node.op!r}") from None
+        outs = fn(ctx, node)
     if len(outs) != len(node.outputs):
         raise LoweringError(f"lowering of {node.op} gave {len(outs)} outputs, the IR node has {len(node.outputs)}")
     return outs

@@ -39,7 +39,7 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
         if dynamic:
             raise UserError(f"static=True needs static input shapes; trace with static shapes ({', '.join(dynamic)})")
 
-    ctx = Context(graph, opset, flavor=fl.name)
+    ctx = Context(graph, opset, flavor=fl)
     for node in graph.nodes:
         ctx.current_op = node.op
         for v, name in zip(node.outputs, lower_node(ctx, node)):

@@ -10,15 +10,8 @@ MatMuls over the stacked weights, pre-transposed into initializers
 from __future__ import annotations
 
 from ...ir.core import DType, dim_prod
+from .activations import activation
 from .lowering import arg, lowers, out_dtype, transposed_weight
-
-
-def _activation(ctx, name: str, x: str) -> str:
-    if name == "silu":
-        return ctx.emit("Mul", [x, ctx.emit("Sigmoid", [x])])
-    if name == "relu":
-        return ctx.emit("Relu", [x])
-    return ctx.emit("Gelu", [x], approximate="tanh" if name == "gelu_tanh" else "none")
 
 
 @lowers("moe")
@@ -40,7 +33,7 @@ def _moe(ctx, node):
 
     gate_up = ctx.emit("MatMul", [ctx.emit("Unsqueeze", [h, ctx.ints([0])]), transposed_weight(ctx, node, 2, [0, 2, 1])])
     gate, up = ctx.emit("Split", [gate_up, ctx.shape([inter, inter])], 2, axis=-1)
-    y = ctx.emit("MatMul", [ctx.emit("Mul", [_activation(ctx, a.activation, gate), up]), transposed_weight(ctx, node, 3, [0, 2, 1])])
+    y = ctx.emit("MatMul", [ctx.emit("Mul", [activation(ctx, a.activation, gate), up]), transposed_weight(ctx, node, 3, [0, 2, 1])])
 
     # The reference weights each expert's f32-promoted output, then casts back to x's dtype.
     w = ctx.emit("Unsqueeze", [ctx.emit("Transpose", [dense], perm=[1, 0]), ctx.ints([2])])  # [E, T, 1]

@@ -1,8 +1,9 @@
-"""Flavor `ort`: `attention` on ONNX Runtime's com.microsoft attention kernels.
+"""Flavor `ort`: `attention` on ONNX Runtime's com.microsoft attention kernels (an overlay).
 
 Two kernels, each used only where its documented semantics are exactly the IR's
-(t2c/ir/opdefs/attention.py); every other attention lowers as in `standard`
-(windowed_attention.py). Both take and return [B, S, H*D] tensors, so q, k, v
+(t2c/ir/opdefs/attention.py), decided from the attention plan before anything is
+emitted; every other attention returns None and lowers as in `standard`
+(attention.py). Both take and return [B, S, H*D] tensors, so q, k, v
 [B, H, S, D] are transposed and merged here and the output split back; the
 transposes cancel against the model's own in ONNX Runtime's transpose optimizer.
 
@@ -15,7 +16,7 @@ transposes cancel against the model's own in ONNX Runtime's transpose optimizer.
   separate RotaryEmbedding (do_rotary = 0): GQA's cos/sin caches are indexed by
   position, while the IR's cos/sin are per-token tensors that may come from any
   position ids. Its `local_window_size` is not used: the kernel still computes
-  every causal score (O(n^2)), where the blocked form in windowed_attention.py is
+  every causal score (O(n^2)), where the blocked form (blocked_attention.py) is
   O(n*w).
 * MultiHeadAttention: attention with no structure (encoders), Hq == Hkv, no
   softcap, and no mask, an additive float mask (passed as `attention_bias`
@@ -37,93 +38,94 @@ time of the Attention op.
 from __future__ import annotations
 
 from ...ir.core import DType, dims_equal
-from ...ir.opdefs.attention import attention_operands, has_structure
+from ...ir.opdefs.attention import attention_operands
+from ...plans import AttentionPlan
+from .attention import AttentionCall, attention_call, plan_of
 from .context import ONNX_DTYPE
-from .lowering import arg
-
-MS_DOMAIN = "com.microsoft"
+from .flavors import MS_DOMAIN, overlay
 
 
 def ort_attention_kernel(node) -> str | None:
-    """The com.microsoft op that computes `node` (rope already applied) exactly, or None."""
-    a = node.attrs
-    q, k, v, mask, _, _ = attention_operands(node.inputs, a)
-    types = (q.type, k.type, v.type)
-    if any(t.rank != 4 or t.dtype != DType.F32 for t in types):
+    """The com.microsoft op that computes `node` exactly, or None."""
+    q, k, v = (node.inputs[i].type for i in range(3))
+    if any(t.rank != 4 or t.dtype != DType.F32 for t in (q, k, v)):
         return None
-    if not all(isinstance(t.shape[1], int) and isinstance(t.shape[3], int) for t in types):
+    if not all(isinstance(t.shape[3], int) for t in (q, k, v)):
         return None
-    if not dims_equal(q.type.shape[2], k.type.shape[2]) or q.type.shape[3] != v.type.shape[3]:
+    p = plan_of(node)
+    if not p.same_length or p.head_dim != p.v_head_dim:
         return None
-    hq, hkv = q.type.shape[1], k.type.shape[1]
-    if hq % hkv:
-        return None
-    if a.causal and a.window[0] < 0 and a.block == 0 and mask is None and q.type.shape[3] % 8 == 0:
+    if p.causal_only and p.mask == "none" and p.head_dim % 8 == 0:
         return "GroupQueryAttention"
-    mask_ok = mask is None or _bias_broadcasts(mask.type, q.type, k.type) or _key_padding(mask.type, q.type, k.type)
-    if not has_structure(a) and hq == hkv and a.softcap == 0 and mask_ok:
+    mask = attention_operands(node.inputs, node.attrs)[3]
+    mask_ok = mask is None or (
+        dims_equal(p.mask_shape[3], k.shape[2]) and (_bias_broadcasts(p, mask.type, q) or _key_padding(p, q))
+    )
+    unstructured = not p.causal and p.window == (-1, -1) and p.block == 0 and p.global_tokens == 0
+    if unstructured and p.group == 1 and p.softcap == 0 and mask_ok:
         return "MultiHeadAttention"
     return None
 
 
-def lower_ort_attention(ctx, node, kernel: str) -> str:
-    """The ONNX name of `node`'s output [B, Hq, S, Dv], computed by `kernel`."""
-    a = node.attrs
-    q_v, k_v, v_v, mask_v, _, _ = attention_operands(node.inputs, a)
-    hq, hkv, dv = q_v.type.shape[1], k_v.type.shape[1], v_v.type.shape[3]
-    q, k, v = (_merge_heads(ctx, arg(ctx, node, i), node.inputs[i].type) for i in range(3))
+@overlay("ort", "attention")
+def _ort_attention(ctx, node):
+    kernel = ort_attention_kernel(node)
+    if kernel is None:
+        return None
+    return [lower_ort_attention(ctx, attention_call(ctx, node), kernel)]
+
+
+def lower_ort_attention(ctx, call: AttentionCall, kernel: str) -> str:
+    """The ONNX name of the attention's output [B, Hq, S, Dv], computed by `kernel`."""
+    p = call.plan
+    hq, hkv, dv = p.q_heads, p.kv_heads, p.v_head_dim
+    q, k, v = (_merge_heads(ctx, x, t) for x, t in ((call.q, call.q_t), (call.k, call.k_t), (call.v, call.v_t)))
     if kernel == "GroupQueryAttention":
         seq = ctx.emit("Cast", [ctx.emit("Shape", [q], start=1, end=2)], to=ONNX_DTYPE[DType.I32])  # [S]
         batch = ctx.emit("Shape", [q], start=0, end=1)  # [B]
         seqlens_k = ctx.emit("Expand", [ctx.emit("Sub", [seq, ctx.const([1], DType.I32)]), batch])
         total = ctx.emit("Squeeze", [seq, ctx.ints([0])])
-        attrs = {"num_heads": hq, "kv_num_heads": hkv, "scale": float(a.scale)}
-        if a.softcap > 0:
-            attrs["softcap"] = float(a.softcap)
+        attrs = {"num_heads": hq, "kv_num_heads": hkv, "scale": float(p.scale)}
+        if p.softcap > 0:
+            attrs["softcap"] = float(p.softcap)
         out = ctx.emit(kernel, [q, k, v, "", "", seqlens_k, total], domain=MS_DOMAIN, **attrs)
-    elif mask_v is not None and mask_v.type.dtype == DType.BOOL:
-        keep = _key_padding_mask(ctx, arg(ctx, node, 3), mask_v.type, q_v.type)  # [B, Sk] int32
-        out = ctx.emit(kernel, [q, k, v, "", keep], domain=MS_DOMAIN, num_heads=hq, scale=float(a.scale), mask_filter_value=float("-inf"))
+    elif call.mask is not None and p.mask_bool:
+        keep = _key_padding_mask(ctx, call.mask, p, call.q_t)  # [B, Sk] int32
+        out = ctx.emit(kernel, [q, k, v, "", keep], domain=MS_DOMAIN, num_heads=hq, scale=float(p.scale), mask_filter_value=float("-inf"))
         any_key = ctx.emit("Unsqueeze", [ctx.emit("ReduceMax", [keep, ctx.ints([1])], keepdims=1), ctx.ints([2])])  # [B, 1, 1]
         out = ctx.emit("Where", [ctx.cast(any_key, DType.I32, DType.BOOL), out, ctx.const(0.0, DType.F32)])
     else:
         inputs = [q, k, v]
-        if mask_v is not None:
-            inputs += ["", "", _attention_bias(ctx, arg(ctx, node, 3), mask_v.type, node.inputs[0].type)]
-        out = ctx.emit(kernel, inputs, domain=MS_DOMAIN, num_heads=hq, scale=float(a.scale))
+        if call.mask is not None:
+            inputs += ["", "", _attention_bias(ctx, call.mask, call.mask_t, p, call.q_t)]
+        out = ctx.emit(kernel, inputs, domain=MS_DOMAIN, num_heads=hq, scale=float(p.scale))
     split = ctx.emit("Reshape", [out, ctx.ints([0, 0, hq, dv])])
     return ctx.emit("Transpose", [split], perm=[0, 2, 1, 3])
 
 
-def _bhqk(m_t) -> tuple:
-    """A mask type's dims as the [B, H, Sq, Sk] it broadcasts to (missing leading dims are 1)."""
-    return (1,) * (4 - m_t.rank) + tuple(m_t.shape)
-
-
-def _bias_broadcasts(m_t, q_t, k_t) -> bool:
-    """A float mask that broadcasts to MultiHeadAttention's attention_bias [B|1, H|1, Sq|1, Sk]."""
+def _bias_broadcasts(p: AttentionPlan, m_t, q_t) -> bool:
+    """A float32 mask that broadcasts to MultiHeadAttention's attention_bias [B|1, H|1, Sq|1, Sk]."""
     if m_t.dtype != DType.F32 or m_t.rank > 4:
         return False
-    b, h, sq, sk = _bhqk(m_t)
+    b, h, sq, _ = p.mask_shape
     return (
         (b == 1 or dims_equal(b, q_t.shape[0]))
         and (h == 1 or dims_equal(h, q_t.shape[1]))
         and (sq == 1 or dims_equal(sq, q_t.shape[2]))
-        and dims_equal(sk, k_t.shape[2])
     )
 
 
-def _key_padding(m_t, q_t, k_t) -> bool:
+def _key_padding(p: AttentionPlan, q_t) -> bool:
     """A bool mask of one row of keys per batch element: [B|1, 1, 1, Sk] (or fewer leading dims)."""
-    if m_t.dtype != DType.BOOL or m_t.rank > 4:
-        return False
-    b, h, sq, sk = _bhqk(m_t)
-    return (b == 1 or dims_equal(b, q_t.shape[0])) and h == 1 and sq == 1 and dims_equal(sk, k_t.shape[2])
+    if not p.mask_bool or p.mask != "row" or len(p.mask_shape) != 4:
+        return False  # (a mask of rank > 4 has no [B, H, Sq, Sk] reading)
+    b, h, _, _ = p.mask_shape
+    return (b == 1 or dims_equal(b, q_t.shape[0])) and h == 1
 
 
-def _key_padding_mask(ctx, m: str, m_t, q_t) -> str:
+def _key_padding_mask(ctx, m: str, p: AttentionPlan, q_t) -> str:
     """The bool key-padding mask as MultiHeadAttention's key_padding_mask: int32 [B, Sk], 1 = attend."""
-    b = _bhqk(m_t)
+    b = p.mask_shape
     rows = ctx.emit("Reshape", [m, ctx.shape([b[0], b[3]])])
     if not dims_equal(b[0], q_t.shape[0]):  # one row for every batch element
         rows = ctx.emit("Expand", [rows, ctx.shape([q_t.shape[0], b[3]])])
@@ -136,11 +138,11 @@ def _merge_heads(ctx, x: str, t) -> str:
     return ctx.emit("Reshape", [x, ctx.ints([0, 0, t.shape[1] * t.shape[3]])])
 
 
-def _attention_bias(ctx, m: str, m_t, q_t) -> str:
+def _attention_bias(ctx, m: str, m_t, p: AttentionPlan, q_t) -> str:
     """An additive mask broadcast to [B|1, H|1, Sq, Sk], the shapes MultiHeadAttention takes."""
     if m_t.rank < 4:
         m = ctx.emit("Unsqueeze", [m, ctx.ints(list(range(4 - m_t.rank)))])
-    if dims_equal(_bhqk(m_t)[2], q_t.shape[2]):
+    if dims_equal(p.mask_shape[2], q_t.shape[2]):
         return m
     bh = ctx.emit("Shape", [m], start=0, end=2)  # B|1, H|1 stay as they are
     want = ctx.emit("Concat", [bh, ctx.dim1(q_t.shape[2]), ctx.emit("Shape", [m], start=3, end=4)], axis=0)

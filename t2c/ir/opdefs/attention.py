@@ -57,6 +57,8 @@ class AttentionAttrs:
     softcap: float = 0.0  # logits soft-capping (Gemma-2 style); 0: none
     rope: str = "none"  # rotary embedding of q and k first: "none" | "half" | "interleaved"
     rotary_dim: int = 0  # features of q/k that rotate when rope != "none"
+    rope_cache: str = "full"  # the rope's `cache` attr (t2c/ir/opdefs/rope.py): "full" | "paired"
+    rope_positions: str = "input"  # the rope's `positions` attr: "input" | "length"
 
 
 ROPE_KINDS = ("none", "half", "interleaved")
@@ -102,7 +104,7 @@ def attention_reference(q, k, v, mask, a: AttentionAttrs, cos=None, sin=None) ->
     if a.rope != "none":
         from .rope import rope_reference
 
-        q = rope_reference(q, cos, sin, a.rope == "interleaved", a.rotary_dim)
+        q = rope_reference(q, cos, sin, a.rope == "interleaved", a.rotary_dim, a.rope_cache)
         k = rope_reference(k, cos, sin, a.rope == "interleaved", a.rotary_dim)
     hq, hkv = q.shape[-3], k.shape[-3]
     if hq != hkv:
@@ -159,13 +161,14 @@ def _attention_verify(types, a):
     if a.rope == "none":
         if len(types) > 4:
             raise VerifyError("attention: cos/sin operands need rope=\"half\" or \"interleaved\"")
-        if a.rotary_dim != 0:
-            raise VerifyError("attention: rotary_dim must be 0 when rope is none")
+        if a.rotary_dim != 0 or a.rope_cache != "full" or a.rope_positions != "input":
+            raise VerifyError("attention: rotary_dim, rope_cache and rope_positions keep their defaults when rope is none")
     else:
         if len(types) not in (5, 6):
             raise VerifyError("attention: with rope the operands are (q, k, v, mask?, cos, sin)")
-        from .rope import check_rope_types
+        from .rope import check_rope_source, check_rope_types
 
+        check_rope_source(a.rope_cache, a.rope_positions, "attention")
         _, _, _, _, cos, sin = attention_operands(types, a)
         for x in (types[0], types[1]):
             check_rope_types(x, cos, sin, a.rope == "interleaved", a.rotary_dim, "attention")

@@ -15,6 +15,18 @@ pass through unchanged:
 The reference computes in that order, as Hugging Face's apply_rotary_pos_emb
 (Llama, Mistral, Phi, GPT-NeoX: rotate-half; GPT-J: interleaved) does, so fp32
 results agree with eager to rounding.
+
+Two attrs say where cos and sin come from (set by `fuse-rope`, which proves them
+from the graph; the defaults assume nothing), so that no backend has to walk
+the graph to find out:
+
+    cache      "full": any full-layout cos/sin. "paired": both members of every
+               rotated pair hold the same angle (cos[..., i] == cos[..., i + r/2]
+               for rotate-half, cos[..., 2i] == cos[..., 2i+1] for interleaved),
+               so one angle per pair (a half-width cache) says everything. The
+               reference checks the claim and fails loudly when it is false.
+    positions  "input": cos/sin may depend on a model input (position ids).
+               "length": they depend on the sequence length alone (positions 0..S-1).
 """
 
 from __future__ import annotations
@@ -32,6 +44,12 @@ from ..ops import define_op
 class RopeAttrs:
     interleaved: bool = False  # pairs (x0, x1), (x2, x3), ... instead of (x_i, x_{i+r/2})
     rotary_dim: int = 0  # the leading features that rotate; must be > 0, even, <= D
+    cache: str = "full"  # "full" | "paired": see the module docstring
+    positions: str = "input"  # "input" | "length": see the module docstring
+
+
+ROPE_CACHES = ("full", "paired")
+ROPE_POSITIONS = ("input", "length")
 
 
 def rotate(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
@@ -43,12 +61,36 @@ def rotate(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, rotary_dim: int) -> torch.Tensor:
+def check_paired(t: torch.Tensor, interleaved: bool, what: str) -> None:
+    """Raise when a cos/sin said to be `cache="paired"` is not (a wrong claim by a pass is a t2c bug)."""
+    if interleaved:
+        a, b = t[..., 0::2], t[..., 1::2]
+    else:
+        h = t.shape[-1] // 2
+        a, b = t[..., :h], t[..., h:]
+    if not torch.equal(a, b):
+        raise VerifyError(f"{what}: cache=\"paired\" but the two members of a rotated pair differ")
+
+
+def rope_reference(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, rotary_dim: int, cache: str = "full"
+) -> torch.Tensor:
     """`rope` in eager torch, in Hugging Face's order of operations."""
+    if cache == "paired":
+        check_paired(cos, interleaved, "rope cos")
+        check_paired(sin, interleaved, "rope sin")
     if rotary_dim >= x.shape[-1]:
         return (x * cos) + (rotate(x, interleaved) * sin)
     xr, xp = x[..., :rotary_dim], x[..., rotary_dim:]
     return torch.cat(((xr * cos) + (rotate(xr, interleaved) * sin), xp), dim=-1)
+
+
+def check_rope_source(cache: str, positions: str, op: str) -> None:
+    """The `cache` and `positions` attrs hold one of their values."""
+    if cache not in ROPE_CACHES:
+        raise VerifyError(f"{op}: cache must be one of {ROPE_CACHES}, got {cache!r}")
+    if positions not in ROPE_POSITIONS:
+        raise VerifyError(f"{op}: positions must be one of {ROPE_POSITIONS}, got {positions!r}")
 
 
 def check_rope_types(x, cos, sin, interleaved: bool, rotary_dim: int, op: str) -> None:
@@ -75,13 +117,14 @@ def check_rope_types(x, cos, sin, interleaved: bool, rotary_dim: int, op: str) -
 
 def _verify(types, a):
     check_rope_types(types[0], types[1], types[2], a.interleaved, a.rotary_dim, "rope")
+    check_rope_source(a.cache, a.positions, "rope")
 
 
 define_op(
     "rope",
     ("x", "cos", "sin"),
     lambda types, a: [types[0]],
-    lambda ctx, a, x, cos, sin: rope_reference(x, cos, sin, a.interleaved, a.rotary_dim),
+    lambda ctx, a, x, cos, sin: rope_reference(x, cos, sin, a.interleaved, a.rotary_dim, a.cache),
     RopeAttrs,
     verify=_verify,
     doc="rotary position embedding on the first rotary_dim features (rotate-half or interleaved pairs)",

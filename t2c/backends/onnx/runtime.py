@@ -1,4 +1,4 @@
-"""Run compiled artifacts: an ONNX Runtime session that takes and returns torch tensors."""
+"""Run the ONNX artifact: an ONNX Runtime session that takes and returns torch tensors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from .errors import UserError
+from ...errors import UserError
 
 
 class OnnxSession:
