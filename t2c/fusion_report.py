@@ -19,7 +19,7 @@ LEFTOVERS = {
     "neg": "rope",
     "erf": "activation", "tanh": "activation", "sigmoid": "activation",
 }
-FUSED_OPS = ("attention", "linear_attention", "layer_norm", "rms_norm", "add_norm", "gelu", "silu", "gated_act", "bias_act", "moe")
+FUSED_OPS = ("attention", "linear_attention", "layer_norm", "rms_norm", "add_norm", "gelu", "silu", "gated_act", "bias_act", "experts")
 
 
 def fusion_report(graph: Graph) -> dict:

@@ -15,7 +15,8 @@ import torch
 
 from ..ir.core import DType, dim_add, dim_mul, dim_sub
 from ..ir.opdefs.creation import ArangeAttrs, FullAttrs
-from ..ir.opdefs.moe import MoEAttrs
+from ..ir.opdefs.experts import ExpertsAttrs
+from . import custom_ops  # noqa: F401  (registers torch.ops.t2c.*, converted below)
 from ..ir.opdefs.nn import EmbeddingAttrs, NormAttrs, RMSNormAttrs, SDPAAttrs
 from ..ir.opdefs.pointwise import CastAttrs, ClampAttrs, DivAttrs, GeluAttrs
 from ..ir.opdefs.reduction import ArgAttrs, DimAttrs, ReduceAttrs, SortAttrs, TopKAttrs, VarAttrs
@@ -141,10 +142,13 @@ def _softmax(conv, x, dim, dtype=None):
     return conv.emit(op, [_cast_if(conv, conv.value(x), dtype)], DimAttrs(dim))
 
 
-@conversion(torch.ops.t2c.moe.default)
-def _moe(conv, x, router, gate_up, down, top_k, norm_topk_prob, activation):
-    ins = [conv.value(x), conv.value(router), conv.value(gate_up), conv.value(down)]
-    return conv.emit("moe", ins, MoEAttrs(int(top_k), bool(norm_topk_prob), str(activation), "dense"))
+@conversion(torch.ops.t2c.experts.default)
+def _experts(conv, x, index, weights, w_up, w_down, b_up, b_down, activation, alpha, gated, layout, split, limit, up_offset):
+    ins = [conv.value(x), conv.value(index), conv.value(weights), conv.value(w_up), conv.value(w_down)]
+    if b_up is not None or b_down is not None:
+        ins += [conv.value(b_up), conv.value(b_down)]
+    attrs = ExpertsAttrs(str(activation), float(alpha), bool(gated), str(layout), str(split), float(limit), float(up_offset))
+    return conv.emit("experts", ins, attrs)
 
 
 # -- elementwise -----------------------------------------------------------------------

@@ -1,31 +1,42 @@
-"""t2c's own torch custom ops, used to trace blocks whose traced form is needlessly hard to read.
+"""t2c's own torch custom ops, used to trace library boundaries whose traced form is needlessly hard to read.
 
-A Hugging Face MoE block traces into an expert loop or a grouped-matmul op;
-`swap_moe_blocks` (in `hf.py`) replaces it, for the duration of tracing, by a
-call to `t2c::moe`, which has the same semantics (`t2c.ir.opdefs.moe`) and
-converts one-to-one into the IR's `moe` op.
+A Hugging Face experts module traces into an expert loop with data-dependent
+shapes, or a grouped-matmul op torch.export cannot look into; `hf_experts.py`
+swaps its forward, for the duration of tracing, for a call to `t2c::experts`,
+which has the IR op's semantics (`t2c.ir.opdefs.experts`) and converts
+one-to-one into it.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from ..ir.opdefs.moe import moe_reference
+from ..ir.opdefs.experts import ExpertsAttrs, experts_reference
 
 
-@torch.library.custom_op("t2c::moe", mutates_args=())
-def moe_op(
+@torch.library.custom_op("t2c::experts", mutates_args=())
+def experts_op(
     x: torch.Tensor,
-    router_weight: torch.Tensor,
-    gate_up: torch.Tensor,
-    down: torch.Tensor,
-    top_k: int,
-    norm_topk_prob: bool,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    b_up: Optional[torch.Tensor],
+    b_down: Optional[torch.Tensor],
     activation: str,
+    alpha: float,
+    gated: bool,
+    layout: str,
+    split: str,
+    limit: float,
+    up_offset: float,
 ) -> torch.Tensor:
-    return moe_reference(x, router_weight, gate_up, down, top_k, norm_topk_prob, activation)
+    attrs = ExpertsAttrs(activation, alpha, gated, layout, split, limit, up_offset)
+    return experts_reference(x, top_k_index, top_k_weights, w_up, w_down, b_up, b_down, attrs)
 
 
-@moe_op.register_fake
-def _(x, router_weight, gate_up, down, top_k, norm_topk_prob, activation):
+@experts_op.register_fake
+def _(x, top_k_index, top_k_weights, w_up, w_down, b_up, b_down, activation, alpha, gated, layout, split, limit, up_offset):
     return torch.empty_like(x)

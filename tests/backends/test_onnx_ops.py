@@ -18,7 +18,7 @@ import torch
 from t2c.backends.onnx import LOWERINGS, check_complete, initializer_bytes, lower, save
 from t2c.errors import UserError
 from t2c.ir import DType, Graph, SymDim, TensorType, all_ops, get_op, run_graph
-from t2c.ir.opdefs import activation, add_norm, attention, creation, moe, nn, pointwise, reduction, shape
+from t2c.ir.opdefs import activation, add_norm, attention, creation, experts, nn, pointwise, reduction, shape
 
 F32, I64, I32, BOOL = DType.F32, DType.I64, DType.I32, DType.BOOL
 BS = ("batch", "seq")
@@ -90,7 +90,7 @@ def run_case(case: Case) -> None:
 
 
 def _cases() -> list[tuple[str, Case]]:
-    P, R, S, N, C, M = pointwise, reduction, shape, nn, creation, moe
+    P, R, S, N, C, M = pointwise, reduction, shape, nn, creation, experts
     c: list[tuple[str, Case]] = []
     for op in ["neg", "abs", "exp", "sin", "cos", "tanh", "sigmoid", "erf", "relu", "silu", "floor", "ceil"]:
         c.append((op, Case(op)))
@@ -250,9 +250,11 @@ def _cases() -> list[tuple[str, Case]]:
         ("attention-rope", Case("attention", AT.AttentionAttrs(scale=0.3, causal=True, kv_heads=2, rope="half", rotary_dim=8), ins=[q, kv, kv, cs8, cs8])),
         ("attention-rope-mask-sliding", Case("attention", AT.AttentionAttrs(scale=0.3, causal=True, window=(2, -1), kv_heads=2, rope="interleaved", rotary_dim=4), ins=[q, kv, kv, (BOOL, ("batch", 1, 1, "seq")), cs4, cs4])),
     ]
-    experts = {"router": torch.randn(4, 8), "gate_up": torch.randn(4, 12, 8) * 0.3, "down": torch.randn(4, 8, 6) * 0.3}
-    for act in ["silu", "gelu", "gelu_tanh", "relu"]:
-        c.append((f"moe-{act}", Case("moe", M.MoEAttrs(2, act == "silu", act), ins=[(F32, (*BS, 8))], params=experts, tol=1e-4)))
+    # experts: T tokens (the batch dim here), K=2 ids among 4 experts (and -1 / 4, which contribute nothing)
+    weights = {"gate_up": torch.randn(4, 12, 8) * 0.3, "down": torch.randn(4, 8, 6) * 0.3}
+    routed = [(F32, ("batch", 8)), (I64, ("batch", 2), lambda shape, dtype: torch.randint(-1, 5, shape)), (F32, ("batch", 2))]
+    for dispatch in M.DISPATCH:
+        c.append((f"experts-{dispatch}", Case("experts", M.ExpertsAttrs(dispatch=dispatch), ins=routed, params=weights, tol=1e-4)))
     # fused activations; tests/backends/test_onnx_activations.py covers both flavors
     for act in ["silu", "gelu", "gelu_tanh", "relu"]:
         A = activation.ActivationAttrs(act)

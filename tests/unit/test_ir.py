@@ -9,7 +9,7 @@ from t2c.errors import IRParseError, UserError, VerifyError
 from t2c.ir import DType, Graph, SymDim, TensorType, all_ops, parse_graph, print_graph, run_graph, verify
 from t2c.ir.core import dim, dims_equal, eval_dim
 from t2c.ir.opdefs.creation import ArangeAttrs, FullAttrs
-from t2c.ir.opdefs.moe import MoEAttrs
+from t2c.ir.opdefs.experts import ExpertsAttrs
 from t2c.ir.opdefs.pointwise import ClampAttrs
 from t2c.ir.opdefs.reduction import TopKAttrs
 from t2c.ir.opdefs.shape import ShapeAttrs, SliceAttrs
@@ -73,10 +73,11 @@ def test_nan_and_optional_attrs_round_trip():
 def test_string_attrs_with_quotes_round_trip():
     g = Graph("v")
     x = g.add_input("x", TensorType(DType.F32, (3, 8)))
-    r = g.add_param("r", torch.randn(4, 8))
+    idx = g.add_input("idx", TensorType(DType.I64, (3, 2)))
+    w = g.add_input("w", TensorType(DType.F32, (3, 2)))
     gu = g.add_param("gu", torch.randn(4, 12, 8))
     d = g.add_param("d", torch.randn(4, 8, 6))
-    y = g.add_node("moe", [x, r, gu, d], MoEAttrs(2, True, "silu", "dense")).output
+    y = g.add_node("experts", [x, idx, w, gu, d], ExpertsAttrs(activation="gelu_tanh", split="interleaved")).output
     g.set_output('odd "name", really', y)
     verify(g)
     assert print_graph(parse_graph(print_graph(g))) == print_graph(g)
@@ -148,5 +149,5 @@ def test_interpreter_catches_a_wrong_type_claim():
 
 def test_every_op_documents_itself():
     ops = all_ops()
-    assert {"linear", "sdpa", "moe", "layer_norm", "rms_norm", "embedding", "softmax", "gelu", "silu"} <= set(ops)
+    assert {"linear", "sdpa", "experts", "layer_norm", "rms_norm", "embedding", "softmax", "gelu", "silu"} <= set(ops)
     assert all(op.doc for op in ops.values())

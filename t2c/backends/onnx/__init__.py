@@ -9,7 +9,8 @@ Files, one concept each:
     attention.py          `sdpa` and `attention` (its plan picks the fused Attention op or dense math)
     blocked_attention.py  the blocked O(n*(W+G)) form of windowed / block-local / global attention
     linear_attention.py   `linear_attention` as O(n) matmuls
-    rope.py, norms.py, activations.py, moe.py   the other semantic ops
+    experts.py            `experts` dense or sparse (grouped by expert)
+    rope.py, norms.py, activations.py   the other semantic ops
     flavors.py            flavors as overlays on the table; ort_attention.py and ort_fusions.py fill `ort`'s
     context.py            tensor names, initializers, run-time dims
     model.py              assembles and checks the ModelProto
@@ -30,7 +31,7 @@ from ..registry import Backend, option, register_backend
 from .context import LoweringError
 from .flavors import FLAVORS
 from .lowering import LOWERINGS, check_complete, lowers
-from . import activations, attention, blocked_attention, linear_attention, moe, norms, rope  # noqa: E402,F401  (their @lowers entries join the table)
+from . import activations, attention, blocked_attention, experts, linear_attention, norms, rope  # noqa: E402,F401  (their @lowers entries join the table)
 from . import ort_attention, ort_fusions  # noqa: E402,F401  (the ort overlay)
 from .model import MIN_OPSET, build_model
 from .runtime import OnnxSession
