@@ -13,6 +13,7 @@ a value or node and answers without changing anything:
     trailing_axes(dims, rank)     k when dims are the last k axes
     on_last_axis(node, dim)       whether dim names the last axis of node's operand
     cone(graph, v)                the nodes computing v, or None when an input feeds it
+    nonnegative(v, graph)         whether v's computation proves every element >= 0
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..ir.opdefs._infer import norm_axis
 from ..ir.verifier import types_match
 
 __all__ = [
-    "cone", "full_value", "on_last_axis", "only_use", "operands_by", "producer", "same_type", "same_value",
+    "cone", "full_value", "nonnegative", "on_last_axis", "only_use", "operands_by", "producer", "same_type", "same_value",
     "scalar_constant", "skip_casts", "skip_noops", "trailing_axes", "unrepeat_kv",
 ]
 
@@ -160,3 +161,41 @@ def cone(graph: Graph, value: Value) -> list[Node] | None:
         nodes.add(v.producer)
         stack.extend(v.producer.inputs)
     return [n for n in graph.nodes if n in nodes]
+
+
+# Ops whose every result is >= 0 whatever the operands (NaN aside).
+_NONNEG_RESULTS = ("softmax", "sigmoid", "exp", "relu", "abs", "sqrt", "rsqrt")
+# Ops that keep "every element >= 0" when every tensor operand has it.
+_NONNEG_KEEPING = (
+    "cast", "reshape", "expand", "permute", "squeeze", "unsqueeze", "slice", "select", "cat", "index", "gather",
+    "add", "mul", "div", "sum", "mean", "amax", "amin", "maximum", "minimum", "topk", "sort", "cumsum", "repeat", "flip",
+)
+_INDEX_OPERANDS = {"index": range(1, 64), "gather": (1,)}  # positions that hold indices, not values
+
+
+def nonnegative(v: Value, graph: Graph, depth: int = 24) -> bool:
+    """Whether the computation of `v` proves every element >= 0 (softmax, sigmoid, their top-k, sums, quotients...).
+
+    Conservative: False unless proved. A param counts when its data is all >= 0.
+    """
+    n = v.producer
+    if n is None:
+        t = graph.params.get(v.name) if graph.is_param(v) else None
+        return t is not None and t.dtype.is_floating_point and bool((t >= 0).all())
+    if depth == 0:
+        return False
+    if n.op in _NONNEG_RESULTS:
+        return True
+    if n.op == "full":
+        value = n.attrs.value
+        return isinstance(value, (int, float)) and value >= 0
+    if n.op in ("topk", "sort") and v.index != 0:
+        return False  # the indices output: ints, not weights
+    if n.op == "clamp" and n.attrs.min is not None and n.attrs.min >= 0:
+        return True
+    if n.op == "where":
+        return all(nonnegative(x, graph, depth - 1) for x in n.inputs[1:])
+    if n.op not in _NONNEG_KEEPING:
+        return False
+    skip = _INDEX_OPERANDS.get(n.op, ())
+    return all(nonnegative(x, graph, depth - 1) for i, x in enumerate(n.inputs) if i not in skip)

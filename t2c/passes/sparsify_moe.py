@@ -6,9 +6,14 @@ expert and run each expert's FFN on its routes alone, so expert work is K/E
 of the dense form's (every expert on every token). Exact: only the order in
 which a token's K contributions are added may change (float rounding).
 
+It also records, as `nonneg_weights`, whether the routing weights are proved
+>= 0 by how they are computed (softmax, sigmoid, top-k of those, sums and
+quotients: `patterns.nonnegative`): backends may then use kernels that route
+by probabilities (ONNX Runtime's MoE).
+
 Preconditions: `experts` ops (the frontend captures library experts modules;
 lift-moe lifts hand-written ones). No options. Stats: sparsified,
-already_sparse.
+already_sparse, nonneg_weights.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 from ..ir.core import Graph
 from .manager import Pass, PassResult, register_pass
+from .patterns import nonnegative
 from .rewrite import Rewriter
 
 
@@ -30,14 +36,16 @@ class SparsifyMoE(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         rw = Rewriter(graph)
-        stats = {"sparsified": 0, "already_sparse": 0}
+        stats = {"sparsified": 0, "already_sparse": 0, "nonneg_weights": 0}
         for node in list(graph.nodes):
             if node.op != "experts":
                 continue
-            if node.attrs.dispatch == "sparse":
+            nonneg = node.attrs.nonneg_weights or nonnegative(node.inputs[2], graph)
+            stats["nonneg_weights"] += nonneg
+            if node.attrs.dispatch == "sparse" and nonneg == node.attrs.nonneg_weights:
                 stats["already_sparse"] += 1
                 continue
-            attrs = dataclasses.replace(node.attrs, dispatch="sparse")
+            attrs = dataclasses.replace(node.attrs, dispatch="sparse", nonneg_weights=nonneg)
             new = rw.insert("experts", node.inputs, attrs, before=node, output_types=[v.type for v in node.outputs])
             rw.replace_node(node, new.outputs)
             stats["sparsified"] += 1

@@ -11,7 +11,7 @@ Files, one concept each:
     linear_attention.py   `linear_attention` as O(n) matmuls
     experts.py            `experts` dense or sparse (grouped by expert)
     rope.py, norms.py, activations.py   the other semantic ops
-    flavors.py            flavors as overlays on the table; ort_attention.py and ort_fusions.py fill `ort`'s
+    flavors.py            flavors as overlays on the table; ort_attention.py, ort_experts.py and ort_fusions.py fill `ort`'s
     context.py            tensor names, initializers, run-time dims
     model.py              assembles and checks the ModelProto
     runtime.py            OnnxSession (ONNX Runtime, torch tensors in and out)
@@ -32,7 +32,7 @@ from .context import LoweringError
 from .flavors import FLAVORS
 from .lowering import LOWERINGS, check_complete, lowers
 from . import activations, attention, blocked_attention, experts, linear_attention, norms, rope  # noqa: E402,F401  (their @lowers entries join the table)
-from . import ort_attention, ort_fusions  # noqa: E402,F401  (the ort overlay)
+from . import ort_attention, ort_experts, ort_fusions  # noqa: E402,F401  (the ort overlay)
 from .model import MIN_OPSET, build_model
 from .runtime import OnnxSession
 

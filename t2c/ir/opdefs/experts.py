@@ -34,6 +34,11 @@ act: silu (x * sigmoid(alpha * x); alpha 1 is SiLU, 1.702 quick-GELU / gpt-oss),
 `dispatch` says how backends run it: "dense" every expert on every token,
 weighted by a [T, E] matrix that is zero outside the top-k; "sparse" each
 expert on its own tokens only (`sparsify-moe`). Both compute the function above.
+`nonneg_weights` records that the routing weights are never negative (proved by
+`sparsify-moe` from how they are computed: softmax, sigmoid, top-k of those,
+their sums and quotients...); it changes nothing in the function, and lets a
+backend use kernels that route by probabilities (ONNX Runtime's MoE). The
+reference checks the claim.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class ExpertsAttrs:
     limit: float = 0.0  # clamp of gate (above) and up (both sides); 0: none
     up_offset: float = 0.0  # added to up before the product (gpt-oss: 1)
     dispatch: str = "dense"
+    nonneg_weights: bool = False  # top_k_weights proved >= 0 (sparsify-moe): kernels that take log-weights may be used
 
 
 def activate(x: torch.Tensor, a: ExpertsAttrs) -> torch.Tensor:
@@ -109,6 +115,8 @@ def expert_ffn(x, w_up, w_down, b_up, b_down, a: ExpertsAttrs) -> torch.Tensor:
 
 def experts_reference(x, top_k_index, top_k_weights, w_up, w_down, b_up=None, b_down=None, a: ExpertsAttrs = ExpertsAttrs()):
     """The eager semantics (module docstring), shared by the IR op and the frontend's custom op."""
+    if a.nonneg_weights and bool((top_k_weights < 0).any()):
+        raise VerifyError("experts: nonneg_weights is claimed but a routing weight is negative")
     out = torch.zeros_like(x)
     for e in range(w_up.shape[0]):
         token, slot = torch.where(top_k_index == e)
