@@ -47,14 +47,17 @@ def _activation(act) -> tuple[str, float] | None:
         from transformers import activations as hf
     except ImportError:  # pragma: no cover - transformers is how we got here
         return None
+    def kinds(*names: str) -> tuple[type, ...]:  # the classes this transformers release has
+        return tuple(getattr(hf, n) for n in names if isinstance(getattr(hf, n, None), type))
+
     table = [
-        ((nn.SiLU, getattr(hf, "SiLUActivation", nn.SiLU)), ("silu", 1.0)),
-        ((hf.GELUActivation, nn.GELU), ("gelu", 1.0)),
-        (tuple(getattr(hf, n) for n in ("GELUTanh", "NewGELUActivation", "FastGELUActivation", "AccurateGELUActivation", "PytorchGELUTanh") if hasattr(hf, n)), ("gelu_tanh", 1.0)),
-        ((hf.QuickGELUActivation,), ("silu", 1.702)),
-        ((hf.ReLUSquaredActivation,), ("relu2", 1.0)),
+        ((nn.SiLU,) + kinds("SiLUActivation"), ("silu", 1.0)),
+        ((nn.GELU,) + kinds("GELUActivation"), ("gelu", 1.0)),
+        (kinds("GELUTanh", "NewGELUActivation", "FastGELUActivation", "AccurateGELUActivation", "PytorchGELUTanh"), ("gelu_tanh", 1.0)),
+        (kinds("QuickGELUActivation"), ("silu", 1.702)),
+        (kinds("ReLUSquaredActivation"), ("relu2", 1.0)),
         ((nn.ReLU,), ("relu", 1.0)),
-        ((hf.LinearActivation, nn.Identity), ("identity", 1.0)),
+        ((nn.Identity,) + kinds("LinearActivation"), ("identity", 1.0)),
     ]
     if act is torch.nn.functional.silu:
         return "silu", 1.0
@@ -145,19 +148,23 @@ def _probe_agrees(m: nn.Module, attrs: ExpertsAttrs) -> bool:
 
 
 @contextlib.contextmanager
-def _experts_implementation(model: nn.Module, name: str | None) -> Iterator[None]:
-    """Run the library's experts under implementation `name` inside the block (None: leave it)."""
-    setter = getattr(model, "set_experts_implementation", None)
-    getter = getattr(model, "get_experts_implementation", None)
-    if name is None or setter is None or getter is None:
-        yield
-        return
-    before = getter()
-    setter(name)
+def _experts_implementation(modules: list[nn.Module], name: str | None) -> Iterator[None]:
+    """Run these experts modules under the library's implementation `name` inside the block (None: leave it).
+
+    The choice lives on each module's config (`_experts_implementation`, which the
+    decorator's forward reads), so a block compiled without its model is covered too.
+    """
+    configs = {id(c): c for c in (getattr(m, "config", None) for m in modules) if c is not None}
+    before = {k: getattr(c, "_experts_implementation", None) for k, c in configs.items()}
     try:
+        if name is not None:
+            for c in configs.values():
+                c._experts_implementation = name
         yield
     finally:
-        setter(before)
+        if name is not None:
+            for k, c in configs.items():
+                c._experts_implementation = before[k]
 
 
 @contextlib.contextmanager
@@ -171,11 +178,10 @@ def captured_experts(model: nn.Module) -> Iterator[dict[str, str]]:
     """
     status: dict[str, str] = {}
     swapped: list[nn.Module] = []
+    found = [(path, m) for path, m in model.named_modules() if is_experts_module(m)]
     try:
-        with _experts_implementation(model, "eager"):  # the probe compares with the library's reference loop
-            for path, m in model.named_modules():
-                if not is_experts_module(m):
-                    continue
+        with _experts_implementation([m for _, m in found], "eager"):  # the probe compares with the library's reference loop
+            for path, m in found:
                 attrs = describe(m)
                 if attrs is None:
                     status[path] = "not described (activation, gate, norm or weights t2c does not know)"
@@ -185,8 +191,8 @@ def captured_experts(model: nn.Module) -> Iterator[dict[str, str]]:
                     m.forward = _captured_forward(m, attrs)
                     swapped.append(m)
                     status[path] = "captured"
-        leftover = any(v != "captured" for v in status.values())
-        with _experts_implementation(model, "batched_mm" if leftover else None):
+        leftover = [m for path, m in found if status[path] != "captured"]
+        with _experts_implementation(leftover, "batched_mm" if leftover else None):
             yield status
     finally:
         for m in swapped:
