@@ -21,8 +21,9 @@ def torch_onnx_export(model: torch.nn.Module, inputs: dict[str, torch.Tensor], p
             return tuple(flatten_outputs(self.inner(**dict(zip(self.names, args))))[1])
 
     names = list(inputs)
-    # Dim.AUTO, as t2c uses: a batch-1 example would make a named Dim fail to export.
-    dynamic = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},) * len(names)
+    # Dim.AUTO, as t2c uses: a batch-1 example would make a named Dim fail to export. Batch and sequence
+    # axes only where the input has them (a per-sequence `lengths` vector has no axis 1).
+    dynamic = tuple({a: torch.export.Dim.AUTO for a in (0, 1) if a < t.dim()} for t in inputs.values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Positional(model, names), tuple(inputs.values()), path, dynamo=True, input_names=names,
