@@ -6,8 +6,14 @@ Steps, in order:
 2. for Hugging Face models, turn the KV cache off and swap MoE blocks for `t2c::moe`;
 3. export with dynamic `batch`/`seq` dims where the example allows;
 4. decompose to core ATen, keeping linear, layer_norm, SDPA, silu, gelu, softmax whole;
-5. convert each FX node once through the table in `aten_table.py`; an op with no
-   conversion is a `UnsupportedOpError` naming the op, the module and the source line.
+5. convert each FX node once through the table in `aten_table.py` (data-dependent
+   ops in `aten_data_dependent.py`); an op with no conversion is a
+   `UnsupportedOpError` naming the op, the module and the source line.
+
+Symbols: the dims torch.export made dynamic are named after their labels (`batch`,
+`seq`); an unbacked SymInt (`u0`: a size only the data decides, such as the row
+count of `nonzero`) becomes a data-dependent dim `n0`, `n1`, ... in order of
+appearance, named by the conversion of the op that computes it.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ import torch
 import torch.fx
 
 from ..errors import UnsupportedOpError, UserError, VerifyError
-from ..ir.core import Dim, DType, Graph, TensorType, Value, dim_from_sympy
+from ..ir.core import Dim, DType, Graph, SymDim, TensorType, Value, dim_from_sympy, fresh_data_dim, is_data_dim, sym_symbol
 from ..ir.verifier import types_match
 from . import hf
 from .loaders import LoadedModel, default_dynamic_dims
 from .aten_table import CONVERSIONS, IDENTITY_OPS, SKIPPED_OPS, SYMBOLIC_OPS
+from . import aten_data_dependent  # noqa: F401,E402  (registers its conversions in the same table)
 
 _WRAPPER_PREFIX = "inner."
 
@@ -176,7 +183,20 @@ class Converter:
         if isinstance(x, int):
             return x
         expr = x.node.expr if isinstance(x, torch.SymInt) else x
+        unnamed = [s for s in expr.free_symbols if _is_unbacked(s) and s not in self.symbols]
+        if unnamed:
+            raise self.unsupported(f"a size known only at run time ({unnamed[0]}) that no op t2c converts computes")
         return dim_from_sympy(_plain_sympy(expr).xreplace(self.symbols))
+
+    def data_dim(self, size: Any) -> SymDim:
+        """Name the unbacked SymInt `size` (a data-dependent size the current node computes) `n0`, `n1`, ..."""
+        expr = size.node.expr if isinstance(size, torch.SymInt) else size
+        if not (isinstance(expr, sympy.Symbol) and _is_unbacked(expr)):
+            raise self.unsupported(f"expected a data-dependent size, got {size}")
+        if expr not in self.symbols:
+            name = fresh_data_dim(s.name for s in self.symbols.values())
+            self.symbols[expr] = sym_symbol(name)
+        return SymDim(self.symbols[expr].name)
 
     def meta_type(self, node: torch.fx.Node | None = None, index: int | None = None) -> TensorType:
         node = node or self.node
@@ -228,6 +248,12 @@ class Converter:
 
     def unsupported(self, why: str) -> UnsupportedOpError:
         return UnsupportedOpError(f"{why} at {describe_node(self.node, self.ep)}")
+
+
+def _is_unbacked(s: sympy.Symbol) -> bool:
+    from torch.utils._sympy.symbol import SymT, symbol_is_type
+
+    return symbol_is_type(s, SymT.UNBACKED_INT)
 
 
 def _plain_sympy(expr: sympy.Expr) -> sympy.Expr:
@@ -299,6 +325,8 @@ def convert(ep: torch.export.ExportedProgram, output_names: list[str], *, name: 
                 sym = s.node.expr
                 if sym not in conv.symbols:
                     label = dim_names.get((in_name, axis), f"d{len(conv.symbols)}")
+                    if is_data_dim(label):  # n0, n1, ... name data-dependent dims
+                        label = f"{label}_"
                     if sympy.Symbol(label, integer=True, positive=True) in conv.symbols.values():
                         label = f"{label}{len(conv.symbols)}"
                     conv.symbols[sym] = sympy.Symbol(label, integer=True, positive=True)

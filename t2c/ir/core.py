@@ -7,12 +7,22 @@ symbolic expression over the graph's dynamic dims (`batch`, `seq`,
 `batch*seq`, `seq + 1`). Shapes that ops take as attributes (reshape, expand,
 arange) use the same dims, so a graph never carries shape values at run time:
 the interpreter binds the symbols from its inputs' sizes.
+
+Data-dependent dims are sizes known only once an op has run (the number of
+true elements `nonzero` finds, hence an expert's share of the tokens). They are
+symbols like the others, named `n0`, `n1`, ... (`is_data_dim`): the op that
+computes one says so (`OpDef.data_dims`) and holds the name in its attrs, so it
+prints, parses and verifies like any dim. A symbol is bound either by a graph
+input's shape or by exactly one such op earlier in the graph; the interpreter
+and the backends read its size off that op's result. Data-dependent dims may be
+0 (a nonzero that finds nothing), input dims are >= 1: sympy is told so.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Union
 
@@ -70,13 +80,35 @@ _FROM_TORCH = {v: k for k, v in _TO_TORCH.items()}
 
 @functools.lru_cache(maxsize=4096)
 def _sympify(expr: str) -> sympy.Expr:
-    names = {s: sympy.Symbol(s, integer=True, positive=True) for s in _identifiers(expr)}
+    names = {s: sym_symbol(s) for s in _identifiers(expr)}
     return sympy.sympify(expr, locals=names)
 
 
-def _identifiers(expr: str) -> list[str]:
-    import re
+_DATA_DIM = re.compile(r"n[0-9]+")
 
+
+def is_data_dim(name: str) -> bool:
+    """Whether a symbol name is a data-dependent dim (`n0`, `n1`, ...): the naming scheme, in one place."""
+    return _DATA_DIM.fullmatch(name) is not None
+
+
+def fresh_data_dim(taken: Iterable[str]) -> str:
+    """The first `nK` not in `taken`."""
+    taken = set(taken)
+    k = 0
+    while f"n{k}" in taken:
+        k += 1
+    return f"n{k}"
+
+
+def sym_symbol(name: str) -> sympy.Symbol:
+    """The sympy symbol of a dim name: integer, >= 0 for data-dependent dims, >= 1 otherwise."""
+    if is_data_dim(name):
+        return sympy.Symbol(name, integer=True, nonnegative=True)
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+def _identifiers(expr: str) -> list[str]:
     return [t for t in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", expr) if t not in _SYMPY_FUNCS]
 
 

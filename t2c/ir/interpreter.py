@@ -1,9 +1,10 @@
 """The reference interpreter: run each node's reference implementation in order.
 
 The references are the IR's semantics; backends and passes are judged
-against what this returns. Dynamic dims are bound from the inputs' sizes, and
-every result is checked against its declared type, so a wrong `infer_type`
-or a wrong frontend shape fails here instead of downstream.
+against what this returns. Dynamic dims are bound from the inputs' sizes,
+data-dependent ones (`n0`, ...) from the result of the op that computes them
+when it runs, and every result is checked against its declared type, so a
+wrong `infer_type` or a wrong frontend shape fails here instead of downstream.
 """
 
 from __future__ import annotations
@@ -61,9 +62,12 @@ def run_graph(
     with torch.no_grad():
         for i, node in enumerate(graph.nodes):
             args = [env[id(v)] for v in node.inputs]
-            outs = get_op(node.op).run(ctx, node.attrs, args)
+            opdef = get_op(node.op)
+            outs = opdef.run(ctx, node.attrs, args)
             if len(outs) != len(node.outputs):
                 raise VerifyError(f"{node.op} reference returned {len(outs)} results, expected {len(node.outputs)}")
+            for sym, index, axis in opdef.data_dims(node.attrs):
+                bindings[sym] = outs[index].shape[axis]  # ctx shares this dict: later nodes see the size
             for val, t in zip(node.outputs, outs):
                 if check_types:
                     _check(node.op, val, t, bindings)

@@ -7,6 +7,12 @@ references *are* the semantics of the IR; backends are checked against them.
 
 Operand specs: a plain name is required, `name?` is optional (may be absent at
 the end), `name*` takes the rest (variadic, only last).
+
+An op whose result has a size known only once it has run (`nonzero`) declares
+`data_dims(attrs) -> ((symbol, output index, axis), ...)`: the data-dependent
+dims it introduces (named in its attrs) and where to read their sizes. The
+verifier lets later nodes use those symbols; the interpreter and the backends
+bind them from that result.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .core import Dim, NoAttrs, TensorType, eval_dim
 
 InferFn = Callable[[Sequence[TensorType], Any], list[TensorType]]
 VerifyFn = Callable[[Sequence[TensorType], Any], None]
+DataDimsFn = Callable[[Any], Sequence[tuple[str, int, int]]]
 
 
 class EvalContext:
@@ -51,6 +58,11 @@ class OpDef:
     reference: RefFn  # reference(ctx, attrs, *tensors)
     verify_fn: VerifyFn | None = None
     doc: str = ""
+    data_dims_fn: DataDimsFn | None = None
+
+    def data_dims(self, attrs: Any) -> tuple[tuple[str, int, int], ...]:
+        """(symbol, output index, axis) for each data-dependent dim this node introduces."""
+        return tuple(self.data_dims_fn(attrs)) if self.data_dims_fn is not None else ()
 
     def arity_ok(self, n: int) -> bool:
         required = [o for o in self.operands if not o.endswith(("?", "*"))]
@@ -85,13 +97,14 @@ def define_op(
     attrs: type = NoAttrs,
     verify: VerifyFn | None = None,
     doc: str = "",
+    data_dims: DataDimsFn | None = None,
 ) -> OpDef:
     """Register an op. Names are unique; attrs must be a frozen dataclass."""
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} is already defined")
     if not (dataclasses.is_dataclass(attrs) and attrs.__dataclass_params__.frozen):  # type: ignore[attr-defined]
         raise TypeError(f"attrs of {name} must be a frozen dataclass")
-    op = OpDef(name, tuple(operands), attrs, infer, reference, verify, doc)
+    op = OpDef(name, tuple(operands), attrs, infer, reference, verify, doc, data_dims)
     _REGISTRY[name] = op
     return op
 

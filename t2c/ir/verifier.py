@@ -1,4 +1,4 @@
-"""The verifier: SSA, topological order, operand counts, attrs, and types against `infer_type`.
+"""The verifier: SSA, topological order, operand counts, attrs, types against `infer_type`, bound dims.
 
 It runs after every pass in the tests and under `--verify-each`. A failure is a
 bug in whatever produced the graph; the message names the node.
@@ -6,8 +6,11 @@ bug in whatever produced the graph; the message names the node.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Iterator
+
 from ..errors import VerifyError
-from .core import Graph, TensorType, dims_equal
+from .core import Graph, SymDim, TensorType, dims_equal, is_data_dim
 from .ops import get_op
 from .printer import Namer, format_node
 
@@ -16,10 +19,50 @@ def types_match(a: TensorType, b: TensorType) -> bool:
     return a.dtype == b.dtype and a.rank == b.rank and all(dims_equal(x, y) for x, y in zip(a.shape, b.shape))
 
 
+def attr_symbols(attrs: Any) -> Iterator[str]:
+    """Every dim symbol an attrs dataclass mentions (reshape targets, slice bounds, ...)."""
+
+    def walk(x: Any) -> Iterator[str]:
+        if isinstance(x, SymDim):
+            yield from x.symbols
+        elif isinstance(x, (tuple, list)):
+            for y in x:
+                yield from walk(y)
+
+    if dataclasses.is_dataclass(attrs):
+        for f in dataclasses.fields(attrs):
+            yield from walk(getattr(attrs, f.name))
+
+
+def _check_dims(node, opdef, bound: set[str], where) -> None:
+    """Symbols a node uses must be bound before it; data-dependent ones it introduces must be fresh."""
+    introduced = set()
+    for sym, index, axis in opdef.data_dims(node.attrs):
+        if not is_data_dim(sym):
+            raise VerifyError(f"data-dependent dim {sym!r} must be named n0, n1, ...: {where()}")
+        if sym in bound or sym in introduced:
+            raise VerifyError(f"data-dependent dim {sym} is introduced twice: {where()}")
+        out = node.outputs[index].type if index < len(node.outputs) else None
+        if out is None or axis >= out.rank or str(out.shape[axis]) != sym:
+            raise VerifyError(f"result {index} axis {axis} must be the data-dependent dim {sym}: {where()}")
+        introduced.add(sym)
+    used = set(attr_symbols(node.attrs))
+    for out in node.outputs:
+        for d in out.type.shape:
+            if isinstance(d, SymDim):
+                used |= d.symbols
+    unbound = sorted(used - bound - introduced)
+    if unbound:
+        raise VerifyError(f"dim {', '.join(unbound)} is not bound: no graph input has it and no earlier op computes it: {where()}")
+    bound |= introduced
+
+
 def verify(graph: Graph) -> None:
     """Raise `VerifyError` at the first broken invariant."""
     name = Namer(graph)
     defined: set[int] = {id(v) for v in graph.inputs} | {id(v) for v in graph.param_values.values()}
+    # Dims in scope: the inputs' symbols, then each data-dependent dim from the node that computes it.
+    bound: set[str] = {s for v in graph.inputs for d in v.type.shape if isinstance(d, SymDim) for s in d.symbols}
     for pname, v in graph.param_values.items():
         if v.name != pname or v.producer is not None:
             raise VerifyError(f"param @{pname} is malformed")
@@ -54,6 +97,7 @@ def verify(graph: Graph) -> None:
         if len(expected) != len(node.outputs) or not all(types_match(e, o.type) for e, o in zip(expected, node.outputs)):
             exp = ", ".join(map(str, expected))
             raise VerifyError(f"result types differ from inferred ({exp}): {where()}")
+        _check_dims(node, opdef, bound, where)
     if not graph.outputs:
         raise VerifyError("graph has no outputs")
     names = [n for n, _ in graph.outputs]

@@ -18,7 +18,7 @@ import torch
 from t2c.backends.onnx import LOWERINGS, check_complete, initializer_bytes, lower, save
 from t2c.errors import UserError
 from t2c.ir import DType, Graph, SymDim, TensorType, all_ops, get_op, run_graph
-from t2c.ir.opdefs import activation, add_norm, attention, creation, experts, nn, pointwise, reduction, shape
+from t2c.ir.opdefs import activation, add_norm, attention, creation, data_dependent, experts, nn, pointwise, reduction, shape
 
 F32, I64, I32, BOOL = DType.F32, DType.I64, DType.I32, DType.BOOL
 BS = ("batch", "seq")
@@ -261,6 +261,14 @@ def _cases() -> list[tuple[str, Case]]:
         c.append((f"gated_act-{act}", Case("gated_act", A, ins=[(F32, (*BS, 4)), (F32, (*BS, 4))])))
         c.append((f"bias_act-{act}", Case("bias_act", A, ins=[(F32, (*BS, 4))], params={"bias": torch.randn(4)})))
     c.append(("gated_act-broadcast", Case("gated_act", activation.ActivationAttrs("silu"), ins=[(F32, (*BS, 4)), (F32, ("seq", 1))])))
+    # data-dependent: a row count known at run time; duplicate indices accumulate
+    D = data_dependent
+    c += [
+        ("nonzero", Case("nonzero", D.NonzeroAttrs(SymDim("n0")), ins=[(BOOL, BS)])),
+        ("nonzero-int-3d", Case("nonzero", D.NonzeroAttrs(SymDim("n0")), ins=[(I64, ("batch", 2, "seq"), ints_below(2))])),
+        ("index_add", Case("index_add", D.IndexAddAttrs(0), ins=[(F32, ("batch", 4)), (I64, ("seq",), ints_below(2)), (F32, ("seq", 4))])),
+        ("index_add-dim1", Case("index_add", D.IndexAddAttrs(1), ins=[(F32, (3, "batch", 2)), (I64, ("seq",), ints_below(2)), (F32, (3, "seq", 2))])),
+    ]
     return c
 
 

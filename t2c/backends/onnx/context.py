@@ -4,7 +4,8 @@ IR shapes and shape-like attrs are made of dims that may be symbolic
 (`batch*seq`, `seq+1`, `floor(seq/2)`). `dim`/`shape` turn them into int64
 tensors: constants when the dim is an int, otherwise computed at run time from
 the graph inputs' shapes (each bare symbol is read once, with Shape, from the
-first input that has it).
+first input that has it). A data-dependent dim (`n0`, ...) is read, with Shape,
+from the ONNX tensor of the result that introduced it (`bind` records which).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Context:
         self._counter = 0
         self._consts: dict[tuple, str] = {}
         self._dims: dict[str, str] = {}  # sympy expr string -> int64 [1] tensor name
+        self._data_dims: dict[str, tuple[str, int]] = {}  # data-dependent dim -> (ONNX tensor, axis) holding it
 
     # -- names ------------------------------------------------------------------------
     def fresh(self, stem: str = "t") -> str:
@@ -96,8 +98,14 @@ class Context:
         raise LoweringError(f"value {v!r} is used before the node that makes it was lowered")
 
     def bind(self, v: Value, name: str) -> None:
-        """Record that IR value `v` is the ONNX tensor `name`."""
+        """Record that IR value `v` is the ONNX tensor `name` (and any data-dependent dim its size defines)."""
         self._names[v] = name
+        if v.producer is not None:
+            from ...ir.ops import get_op
+
+            for sym, index, axis in get_op(v.producer.op).data_dims(v.producer.attrs):
+                if index == v.index:
+                    self._data_dims[sym] = (name, axis)
 
     def param_tensor(self, v: Value) -> torch.Tensor | None:
         """The data of `v` when it is a param with data, else None."""
@@ -212,9 +220,12 @@ class Context:
         return self.emit("Div", [exact, b])
 
     def _symbol(self, name: str) -> str:
+        if name in self._data_dims:
+            tensor, axis = self._data_dims[name]
+            return self.emit("Shape", [tensor], start=axis, end=axis + 1)
         for v in self.graph.inputs:
             for axis, d in enumerate(v.type.shape):
                 if isinstance(d, SymDim) and d.expr == name:
                     return self.emit("Shape", [v.name], start=axis, end=axis + 1)
-        raise LoweringError(f"dynamic dim {name!r} is not bound by any graph input")
+        raise LoweringError(f"dynamic dim {name!r} is not bound by any graph input or earlier data-dependent op")
 
