@@ -50,12 +50,19 @@ def compile(
     static: bool = False,
     validate: bool = True,
     max_drift: float | None = None,
+    min_cosine: float | None = None,
+    min_sqnr: float | None = None,
+    min_token_agreement: float | None = None,
+    calibrate: str | None = None,
     dynamic_dims: dict[str, dict[int, str]] | None = None,
     **target_options: Any,
 ) -> CompiledModel:
     """Compile `model` with `example_inputs` (by forward-argument name, or positional).
 
     `target_options` are the target's own (for onnx: `flavor="ort"`, `opset=24`).
+    `min_cosine`, `min_sqnr`, `min_token_agreement` override the drift limits of approximate
+    passes (their defaults: `Pass.drift_bar`); `calibrate` is a calibration file for
+    quantize-int8's SmoothQuant (`t2c compile --calibrate`).
     Writes the artifact folder to `out` (a new temporary folder when None) and
     returns a callable `CompiledModel`. Raises `ValidationError` when the
     artifact does not reproduce the model, `UserError` for bad input.
@@ -67,6 +74,7 @@ def compile(
     options = CompileOptions(
         pipeline=Pipeline.from_spec(passes), target=target, target_options=target_options,
         static=static, validate=validate, max_drift=max_drift,
+        min_cosine=min_cosine, min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate,
     )
     options.check()
     out_dir = out or tempfile.mkdtemp(prefix="t2c-")

@@ -79,7 +79,7 @@ class _StageDisplay:
 
 def preset_options(fn):
     """One `-O<n>` flag per preset that exists (manager.PRESETS), -O1 the default."""
-    help_text = {"O0": "Cleanup passes only.", "O1": "Every exact pass (default)."}
+    help_text = {"O0": "Cleanup passes only.", "O1": "Every exact pass (default).", "O2": "-O1 plus int8 weight-only quantization (approximate)."}
     for key in reversed(list(PRESETS)):
         names = ",".join(PRESETS[key])
         fn = click.option(f"-{key}", "level", flag_value=key, default=key == "O1", help=help_text.get(key, names))(fn)
@@ -115,7 +115,12 @@ def target_options(fn):
 @click.option("--trust-model", is_flag=True, envvar="T2C_TRUST_MODEL", help="Allow loading files that can run code (.pt pickles, .pt2).")
 @click.option("--no-validate", is_flag=True, help="Skip numerical validation (the report says so).")
 @click.option("--max-drift", type=float, default=None, help="Fail when an approximate pass changes an output by more than this.")
-def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model, no_validate, max_drift, **given) -> None:
+@click.option("--min-cosine", type=float, default=None, help="Fail when an approximate pass leaves an output's cosine with eager below this (int8 default: 0.99).")
+@click.option("--min-sqnr", type=float, default=None, metavar="DB", help="Fail when an approximate pass leaves a layer's SQNR below this many dB (int8 default: 10).")
+@click.option("--min-token-agreement", type=float, default=None, help="Fail when an approximate pass changes more next tokens of `logits` than this fraction allows (int8 default: 0.9).")
+@click.option("--calibrate", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Calibration inputs for quantize-int8's SmoothQuant: a .pt of token-id tensors (or dicts of inputs), or a text file of ids, one sequence a line.")
+def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model, no_validate, max_drift, min_cosine, min_sqnr, min_token_agreement, calibrate, **given) -> None:
     """Compile MODEL to a validated artifact in OUT (the target's files, model.t2c, report.json, report.html)."""
     from .compiler import CompileOptions, compile_loaded
     from .frontends.loaders import InputSpec, load_model
@@ -124,6 +129,7 @@ def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model
         pipeline=_pipeline(pipeline) if pipeline else _pipeline(level),
         target=target, target_options={k.removeprefix("target_"): v for k, v in given.items() if v is not None},
         static=static, validate=not no_validate, max_drift=max_drift,
+        min_cosine=min_cosine, min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate,
     )
     options.check()
     out_dir = out_dir or _default_out(model)
@@ -157,6 +163,12 @@ def summary_lines(report: dict, out_dir: str) -> str:
         d = drift_summary(report["passes"][-1])
         tokens = f", next-token agreement {d['argmax_agreement']:.1%}, KL {d['kl']:.2g}" if "argmax_agreement" in d else ""
         lines.append(f"  drift from eager after approximate passes: max abs {d['max_abs']:.3g}, cosine {d['cosine']:.6f}{tokens}")
+        worst = [w for p in report["passes"] for w in p.get("worst_layers", [])]
+        if worst:
+            worst = sorted(worst, key=lambda w: float(w["sqnr_db"]))[:3]
+            lines.append("  lowest layer SQNR: " + ", ".join(f"{w['layer']} {float(w['sqnr_db']):.1f} dB" for w in worst))
+    for warning in report.get("warnings", []):
+        lines.append(f"  warning: {warning}")
     v = report["validation"]
     if v.get("ok") is None:
         lines.append("  validation: skipped (--no-validate)")
@@ -168,6 +180,12 @@ def summary_lines(report: dict, out_dir: str) -> str:
                 prev = outputs.get(o["name"], (0.0, o["atol"]))
                 outputs[o["name"]] = (max(prev[0], float(o["max_abs"])), o["atol"])
         errs = ", ".join(f"{n} max abs {e:.2g} (atol {a:g})" for n, (e, a) in outputs.items())
+        if v.get("artifact_policy"):  # quantized activations: judged by cosine with the IR, not atol
+            cosines: dict[str, float] = {}
+            for c in v["artifact_vs_ir"]:
+                for o in c["outputs"]:
+                    cosines[o["name"]] = min(cosines.get(o["name"], 1.0), float(o["cosine"]))
+            errs = ", ".join(f"{n} cosine {c:.6f}" for n, c in cosines.items()) + f" ({v['artifact_policy']})"
         lines.append(f"  validation {'OK' if v['ok'] else 'FAILED'} at {shapes}: {errs}")
     lines.append(f"  report: {os.path.join(out_dir, 'report.html')}")
     return "\n".join(lines)

@@ -119,6 +119,76 @@ def worst(comparisons: list[OutputComparison]) -> OutputComparison | None:
     return max(failing, key=lambda c: c.max_abs / max(c.atol, 1e-12) if math.isfinite(c.max_abs) else math.inf)
 
 
+@dataclass(frozen=True)
+class DriftBar:
+    """Limits on what approximate passes may change (None: not judged).
+
+    min_cosine: every output's cosine similarity with eager; min_sqnr: every changed
+    layer's SQNR in dB against the IR before the pass (t2c/drift.py);
+    min_token_agreement: the next-token (argmax) agreement of `logits` outputs.
+    """
+
+    min_cosine: float | None = None
+    min_sqnr: float | None = None
+    min_token_agreement: float | None = None
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+    def violation(self, record: dict) -> str | None:
+        """Why a pass record (compiler._run_passes) breaks this bar, or None."""
+        for check in record.get("vs_eager", []):
+            for out in check["outputs"]:
+                cosine = float(out["cosine"])
+                if self.min_cosine is not None and not cosine >= self.min_cosine:
+                    return f"output {out['name']!r} cosine {cosine:.6f} with eager < --min-cosine {self.min_cosine:g} at {check['shape']}"
+                agree = out.get("argmax_agreement")
+                if self.min_token_agreement is not None and agree is not None and agree < self.min_token_agreement:
+                    return f"output {out['name']!r} next-token agreement {agree:.1%} < --min-token-agreement {self.min_token_agreement:g} at {check['shape']}"
+        layers = record.get("layers") or []
+        if self.min_sqnr is not None and layers:
+            worst = sorted(layers, key=lambda r: float(r["sqnr_db"]))
+            if float(worst[0]["sqnr_db"]) < self.min_sqnr:
+                named = ", ".join(f"{r['layer']} {float(r['sqnr_db']):.1f} dB" for r in worst[:3])
+                return f"layer SQNR below --min-sqnr {self.min_sqnr:g} dB (worst: {named})"
+        return None
+
+
+@dataclass(frozen=True)
+class NoisyArtifact:
+    """How an artifact with dynamically quantized activations is compared with the IR.
+
+    Op by op the runtime computes the IR's integers exactly; through a model, a float
+    rounding difference upstream (a norm, a softmax) can move one activation across a
+    rounding boundary, and that difference then spreads as quantization noise of the
+    quantization's own size. So each output must agree with the IR in cosine (and the
+    next token, for logits) instead of to float tolerance.
+    """
+
+    min_cosine: float
+    min_token_agreement: float | None
+
+    def judge(self, c: OutputComparison) -> OutputComparison:
+        ok = c.cosine >= self.min_cosine and (
+            self.min_token_agreement is None or c.argmax_agreement is None or c.argmax_agreement >= self.min_token_agreement)
+        return OutputComparison(c.name, c.max_abs, c.max_rel, c.cosine, c.atol, c.rtol, ok, c.argmax_agreement, c.kl)
+
+    def describe(self) -> str:
+        tokens = f", next-token agreement >= {self.min_token_agreement:g}" if self.min_token_agreement is not None else ""
+        return f"dynamically quantized activations: each output's cosine with the IR >= {self.min_cosine:g}{tokens} (not atol)"
+
+
+NOISY_OPS = ("qlinear", "qexperts")
+DEFAULT_NOISY_COSINE = 0.99
+
+
+def noisy_artifact(graph: Graph, bar: DriftBar) -> NoisyArtifact | None:
+    """The comparison policy for graphs whose activations are quantized at run time (w8a8); None for the rest."""
+    if not any(n.op in NOISY_OPS and getattr(n.attrs, "mode", "") == "w8a8" for n in graph.nodes):
+        return None
+    return NoisyArtifact(bar.min_cosine if bar.min_cosine is not None else DEFAULT_NOISY_COSINE, bar.min_token_agreement)
+
+
 def other_shape_inputs(graph: Graph, examples: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
     """Inputs at a second shape: every dynamic dim grows (batch+1, seq*1.5+1, not a round number).
 

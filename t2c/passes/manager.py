@@ -32,17 +32,19 @@ from ..ir.verifier import verify
 OPTION_TYPES = (int, float, bool, str)
 
 # The presets, in one place. A preset is a list of pass names run in order with
-# default options. Approximate passes (window, linear attention) are never in a
-# preset: the user names them.
+# default options. Approximate attention rewrites (window, linear attention) are never
+# in a preset: the user names them.
 _CLEANUP = ("fold-shapes", "cse", "dce")  # fold first: it leaves duplicate constants for cse and dead nodes for dce
 # Every exact pass: cleanup first (tidier matches), lift attention before fuse-rope (which
 # folds RoPE into the lifted op), the activation and norm fusions, then dce for what they left dead.
 _EXACT = ("fold-shapes", "cse", "lift-attention", "fuse-rope", "fuse-activation", "fuse-norm", "dce")
-# -O2 (-O1 plus int8 weight-only quantisation) joins when the int8 pass exists: a preset
-# is listed, and offered by the CLI, only once it does what it says.
+# -O2: -O1 plus int8 weight-only quantisation, the one approximate pass a preset holds
+# (judged by its own default bar, QuantizeInt8.drift_bar). A preset is listed, and
+# offered by the CLI, only once it does what it says.
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": _CLEANUP,
     "O1": _EXACT,
+    "O2": _EXACT + ("quantize-int8",),
 }
 
 
@@ -74,13 +76,17 @@ class Pass:
     Class attributes: `name` (set by `register_pass`), `exact` (does the pass keep
     the function exactly), `after` (passes that must come earlier in a pipeline
     when both are in it), `option_aliases` (pipeline spelling -> field name, for
-    options whose natural name is a Python keyword, e.g. `{"global": "global_tokens"}`).
+    options whose natural name is a Python keyword, e.g. `{"global": "global_tokens"}`),
+    `drift_bar` (approximate passes: the default limits the compile judges their
+    drift from eager by, `min_cosine` / `min_sqnr` / `min_token_agreement`; the
+    user's flags override them; empty: measured, judged only against the user's).
     """
 
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = True
     after: ClassVar[tuple[str, ...]] = ()
     option_aliases: ClassVar[dict[str, str]] = {}
+    drift_bar: ClassVar[dict[str, float]] = {}
 
     def run(self, graph: Graph) -> PassResult:
         raise NotImplementedError

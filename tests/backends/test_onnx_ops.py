@@ -255,6 +255,16 @@ def _cases() -> list[tuple[str, Case]]:
     routed = [(F32, ("batch", 8)), (I64, ("batch", 2), lambda shape, dtype: torch.randint(-1, 5, shape)), (F32, ("batch", 2))]
     for dispatch in M.DISPATCH:
         c.append((f"experts-{dispatch}", Case("experts", M.ExpertsAttrs(dispatch=dispatch), ins=routed, params=weights, tol=1e-4)))
+    # int8 ops; tests/backends/test_onnx_quant.py covers modes, groups and flavors (bit-identical)
+    from t2c.ir.opdefs import quant as Q
+
+    qw, qs = Q.quantize_weight(torch.randn(6, 4))
+    uq, us = Q.quantize_weight(weights["gate_up"])
+    dq, ds = Q.quantize_weight(weights["down"])
+    for mode in Q.MODES:
+        c.append((f"qlinear-{mode}", Case("qlinear", Q.QLinearAttrs(mode), ins=[(F32, (*BS, 4))], params={"w": qw, "s": qs, "b": b})))
+        c.append((f"qexperts-{mode}", Case("qexperts", Q.QExpertsAttrs(mode=mode), ins=routed, params={"up": uq, "us": us, "down": dq, "ds": ds}, tol=1e-4)))
+    c.append(("qembedding", Case("qembedding", ins=[(DType.I8, (10, 4)), (F32, (10,)), (I64, BS, ints_below(10))])))
     # fused activations; tests/backends/test_onnx_activations.py covers both flavors
     for act in ["silu", "gelu", "gelu_tanh", "relu"]:
         A = activation.ActivationAttrs(act)

@@ -182,11 +182,14 @@ def test_presets():
     assert str(Pipeline.preset("O0")) == "fold-shapes,cse,dce"
     assert str(Pipeline.preset("-O1")) == "fold-shapes,cse,lift-attention,fuse-rope,fuse-activation,fuse-norm,dce"
     assert Pipeline.preset("-O1") == Pipeline.preset(1) == Pipeline.from_spec("O1")
-    for names in PRESETS.values():
-        assert all(all_passes()[n].exact for n in names)  # approximate passes are never in a preset
-    # a preset exists only once it does what it says: -O2 waits for the int8 pass
-    with pytest.raises(UserError, match="valid presets: -O0, -O1$"):
-        Pipeline.preset("O2")
+    for key, names in PRESETS.items():
+        # approximate attention rewrites are never in a preset; -O2 adds int8 weight-only to -O1
+        assert [n for n in names if not all_passes()[n].exact] == (["quantize-int8"] if key == "O2" else [])
+    assert PRESETS["O2"] == PRESETS["O1"] + ("quantize-int8",)
+    assert str(Pipeline.preset("O2")).endswith(",dce,quantize-int8")  # its defaults: weight_only, per channel
+    # a preset exists only once it does what it says
+    with pytest.raises(UserError, match="valid presets: -O0, -O1, -O2$"):
+        Pipeline.preset("O3")
     with pytest.raises(UserError, match="-O0"):
         Pipeline.preset("O9")
 
@@ -199,7 +202,7 @@ def test_cli_offers_exactly_the_presets_and_targets_that_exist(capsys):
     help_text = capsys.readouterr().out
     for key in PRESETS:
         assert f"-{key}" in help_text
-    assert "-O2" not in help_text and "triton" not in help_text
+    assert "-O3" not in help_text and "triton" not in help_text
     assert f"[{'|'.join(all_backends())}]" in help_text
 
 

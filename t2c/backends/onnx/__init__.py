@@ -10,6 +10,7 @@ Files, one concept each:
     blocked_attention.py  the blocked O(n*(W+G)) form of windowed / block-local / global attention
     linear_attention.py   `linear_attention` as O(n) matmuls
     experts.py            `experts` dense or sparse (grouped by expert)
+    quant.py              the int8 ops `qlinear` and `qembedding` (qexperts.py: `qexperts`)
     data_dependent.py     `nonzero` (a data-dependent row count) and `index_add`
     rope.py, norms.py, activations.py   the other semantic ops
     flavors.py            flavors as overlays on the table; ort_attention.py, ort_experts.py and ort_fusions.py fill `ort`'s
@@ -32,7 +33,7 @@ from ..registry import Backend, option, register_backend
 from .context import LoweringError
 from .flavors import FLAVORS
 from .lowering import LOWERINGS, check_complete, lowers
-from . import activations, attention, blocked_attention, data_dependent, experts, linear_attention, norms, rope  # noqa: E402,F401  (their @lowers entries join the table)
+from . import activations, attention, blocked_attention, data_dependent, experts, linear_attention, norms, qexperts, quant, rope  # noqa: E402,F401  (their @lowers entries join the table)
 from . import ort_attention, ort_experts, ort_fusions  # noqa: E402,F401  (the ort overlay)
 from .model import MIN_OPSET, build_model
 from .runtime import OnnxSession
