@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo demo-moe test install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 	$(PY) examples/tiny_moe_transformer.py --out examples/build/tiny_moe.pt
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/t2c compile examples/build/tiny_moe.pt --trust-model -O1 -o examples/build/tiny_moe
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/t2c inspect examples/build/tiny_moe/model.t2c --format dot -o examples/build/tiny_moe.dot
+
+# The DeepSeekMoE-style decoder: its torch.where / index_add_ expert loop is lifted to one
+# experts op (-O1), which sparsify-moe runs on each expert's own tokens; validated against eager.
+demo-moe: $(STAMP)
+	$(VENV)/bin/t2c compile examples/deepseek_moe.py:build --passes -O1,sparsify-moe -o examples/build/deepseek_moe
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests

@@ -37,7 +37,11 @@ OPTION_TYPES = (int, float, bool, str)
 _CLEANUP = ("fold-shapes", "cse", "dce")  # fold first: it leaves duplicate constants for cse and dead nodes for dce
 # Every exact pass: cleanup first (tidier matches), lift attention before fuse-rope (which
 # folds RoPE into the lifted op), the activation and norm fusions, then dce for what they left dead.
-_EXACT = ("fold-shapes", "cse", "lift-attention", "fuse-rope", "fuse-activation", "fuse-norm", "dce")
+# lift-moe comes right after cleanup: it needs cse's merged duplicates (each expert's
+# `weights[..., None]`), it must see each expert's FFN as linear / act / linear before
+# fuse-activation fuses those into gated_act / bias_act, and lifting first takes the
+# expert loop's data-dependent dims (nonzero, per-expert rows) out of every later pass's way.
+_EXACT = ("fold-shapes", "cse", "lift-moe", "lift-attention", "fuse-rope", "fuse-activation", "fuse-norm", "dce")
 # -O2: -O1 plus int8 weight-only quantisation, the one approximate pass a preset holds
 # (judged by its own default bar, QuantizeInt8.drift_bar). A preset is listed, and
 # offered by the CLI, only once it does what it says.

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 
-from ..ir.core import Graph, Node, TensorType, Value
+from ..ir.core import DType, Graph, Node, TensorType, Value
 from ..ir.printer import Namer, format_node
 from ..ir.verifier import types_match
 
@@ -68,12 +68,12 @@ class RewriteRule:
 class Rewriter:
     """The one door through which rules and passes mutate a graph; it counts what it does.
 
-    Counts: `nodes_inserted`, `nodes_erased`, `uses_replaced`, `params_added`.
+    Counts: `nodes_inserted`, `nodes_erased`, `uses_replaced`, `params_added`, `params_erased`.
     """
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.counts: dict[str, int] = {"nodes_inserted": 0, "nodes_erased": 0, "uses_replaced": 0, "params_added": 0}
+        self.counts: dict[str, int] = {"nodes_inserted": 0, "nodes_erased": 0, "uses_replaced": 0, "params_added": 0, "params_erased": 0}
 
     def insert(
         self,
@@ -93,9 +93,25 @@ class Rewriter:
         return node
 
     def add_param(self, stem: str, tensor: torch.Tensor) -> Value:
-        """A new param holding `tensor`, named `stem0`, `stem1`, ... whichever is free."""
+        """A new param holding `tensor`, named `stem0`, `stem1`, ... whichever is free.
+
+        A meta tensor adds the type alone: a graph parsed from text has params without
+        data, and what a pass derives from them has none either.
+        """
         self.counts["params_added"] += 1
-        return self.graph.add_param(self.graph.fresh_param_name(stem), tensor)
+        name = self.graph.fresh_param_name(stem)
+        if tensor.is_meta:
+            return self.graph.add_param(name, None, TensorType(DType.from_torch(tensor.dtype), tuple(tensor.shape)))
+        return self.graph.add_param(name, tensor)
+
+    def erase_param(self, name: str) -> None:
+        """Remove param `name`, which nothing uses any more (a rewrite replaced its users)."""
+        v = self.graph.param_values[name]
+        if v.uses or any(v is o for o in self.graph.output_values()):
+            raise ValueError(f"cannot remove param @{name}: it is still used")
+        del self.graph.param_values[name]
+        self.graph.params.pop(name, None)
+        self.counts["params_erased"] += 1
 
     def replace_all_uses(self, old: Value, new: Value) -> None:
         """Point every use of `old`, graph outputs included, at `new`."""
