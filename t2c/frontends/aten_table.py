@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..ir.core import DType, dim_add, dim_mul, dim_sub
+from ..ir.core import DType, dim_add, dim_mul, dim_sub, dims_equal
 from ..ir.opdefs.creation import ArangeAttrs, FullAttrs
 from ..ir.opdefs.experts import ExpertsAttrs
 from . import custom_ops  # noqa: F401  (registers torch.ops.t2c.*, converted below)
@@ -59,6 +59,10 @@ def _cast_if(conv, v, dtype):
     if dtype is None or DType.from_torch(dtype) == v.type.dtype:
         return v
     return conv.emit("cast", [v], CastAttrs(DType.from_torch(dtype)))
+
+
+def _cast_to(conv, v, dtype: DType):
+    return v if v.type.dtype == dtype else conv.emit("cast", [v], CastAttrs(dtype))
 
 
 # -- neural-network ops kept whole ---------------------------------------------------
@@ -169,6 +173,13 @@ for _t, _op in _UNARY.items():
     CONVERSIONS[_t] = _unary(_op)
 
 
+@conversion(aten.log1p.default)
+def _log1p(conv, x):
+    # log(1 + x): ONNX has no Log1p either; where the two differ (tiny x) the absolute error stays below 1e-7.
+    v = conv.value(x)
+    return conv.emit("log", [conv.emit("add", [v, conv.scalar(1.0, v)])])
+
+
 @conversion(aten.bitwise_not.default)
 def _bitwise_not(conv, x):
     v = conv.value(x)
@@ -229,6 +240,17 @@ def _clamp(conv, x, lo=None, hi=None):
     if t is aten.clamp_max.default:
         lo, hi = None, lo
     return conv.emit("clamp", [conv.value(x)], ClampAttrs(None if lo is None else float(lo), None if hi is None else float(hi)))
+
+
+@conversion(aten.clamp.Tensor)
+def _clamp_tensor(conv, x, lo=None, hi=None):
+    """clamp with tensor bounds: max(x, lo), then min(., hi), broadcast like torch."""
+    out = conv.value(x)
+    if lo is not None:
+        out = conv.emit("maximum", [out, conv.operand(lo, out)])
+    if hi is not None:
+        out = conv.emit("minimum", [out, conv.operand(hi, out)])
+    return _cast_to(conv, out, conv.meta_type().dtype)
 
 
 @conversion(aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar)
@@ -325,6 +347,47 @@ def _slice(conv, x, dim=0, start=None, end=None, step=1):
     else:
         e = dim_add(dim_add(s, dim_mul(dim_sub(out_len, 1), step)), 1)
     return conv.emit("slice", [v], SliceAttrs(axis, s, e, int(step)))
+
+
+@conversion(aten.copy.default)
+def _copy(conv, dst, src, non_blocking=False):
+    """copy(dst, src) returns dst's storage filled with src: src cast to dst's dtype, broadcast to its shape."""
+    want = conv.meta_type()
+    v = _cast_to(conv, conv.operand(src, conv.value(dst)), want.dtype)
+    same = v.type.rank == len(want.shape) and all(dims_equal(a, b) for a, b in zip(v.type.shape, want.shape))
+    return v if same else conv.emit("expand", [v], ShapeAttrs(want.shape))
+
+
+@conversion(aten.slice_scatter.default)
+def _slice_scatter(conv, x, src, dim=0, start=None, end=None, step=1):
+    """x with x[start:end:step] along dim replaced by src.
+
+    Step 1: the untouched slices and src, concatenated. Other steps: src
+    scattered at start, start + step, ... (an arange broadcast to src's shape).
+    """
+    v, sv = conv.value(x), conv.value(src)
+    axis = dim % v.type.rank
+    size = v.type.shape[axis]
+    s = 0 if start is None else conv.dim(start)
+    if isinstance(s, int) and s < 0:
+        s = dim_add(size, s)
+    if isinstance(s, int) and isinstance(size, int):
+        s = min(max(s, 0), size)
+    n = sv.type.shape[axis]  # src's length is the slice's: torch checked it
+    sv = _cast_to(conv, sv, v.type.dtype)
+    if step != 1:
+        positions = conv.emit("arange", [], ArangeAttrs(s, dim_add(s, dim_mul(n, step)), int(step), DType.I64))
+        column = tuple(n if i == axis else 1 for i in range(v.type.rank))
+        index = conv.emit("expand", [conv.emit("reshape", [positions], ShapeAttrs(column))], ShapeAttrs(sv.type.shape))
+        return conv.emit("scatter", [v, index, sv], AxisAttrs(axis))
+    e = dim_add(s, n)
+    pieces = []
+    if not dims_equal(s, 0):
+        pieces.append(conv.emit("slice", [v], SliceAttrs(axis, 0, s, 1)))
+    pieces.append(sv)
+    if not dims_equal(e, size):
+        pieces.append(conv.emit("slice", [v], SliceAttrs(axis, e, size, 1)))
+    return pieces[0] if len(pieces) == 1 else conv.emit("cat", pieces, AxisAttrs(axis))
 
 
 @conversion(aten.select.int)
@@ -432,7 +495,8 @@ def _full_like(conv, x, value, **kwargs):
     return _fill(conv, value)
 
 
-@conversion(aten.zeros.default, aten.new_zeros.default, aten.zeros_like.default, aten.empty.memory_format, aten.new_empty.default, aten.empty_like.default)
+@conversion(aten.zeros.default, aten.new_zeros.default, aten.zeros_like.default, aten.empty.memory_format, aten.new_empty.default, aten.empty_like.default,
+            aten.empty_permuted.default)
 def _zeros(conv, *args, **kwargs):
     # empty's contents are unspecified; zeros are one valid choice and keep runs deterministic.
     return _fill(conv, 0)
@@ -524,7 +588,7 @@ def _cumsum(conv, x, dim, *, dtype=None):
 @conversion(aten.topk.default)
 def _topk(conv, x, k, dim=-1, largest=True, sorted=True):
     v = conv.value(x)
-    return conv.emit_multi("topk", [v], TopKAttrs(int(k), dim % v.type.rank, bool(largest), bool(sorted)))
+    return conv.emit_multi("topk", [v], TopKAttrs(conv.dim(k), dim % v.type.rank, bool(largest), bool(sorted)))
 
 
 @conversion(aten.sort.default, aten.sort.stable)

@@ -156,6 +156,7 @@ def _cases() -> list[tuple[str, Case]]:
         ("cumsum-bool", Case("cumsum", R.DimAttrs(-1), ins=[(BOOL, BS)])),
         ("topk", Case("topk", R.TopKAttrs(2, 1, True, True))),
         ("topk-smallest", Case("topk", R.TopKAttrs(3, 0, False, True), ins=[(F32, (4, "seq"))])),
+        ("topk-symbolic-k", Case("topk", R.TopKAttrs(SymDim("seq-1"), 1, True, True))),
         ("sort", Case("sort", R.SortAttrs(-1, False, False))),
         ("sort-desc", Case("sort", R.SortAttrs(0, True, True))),
     ]

@@ -268,7 +268,7 @@ def _topk(ctx, node):
     a = node.attrs
     axis = norm_axis(a.dim, rank(node))
     # Always sorted: torch's sorted=False order is unspecified, so any order is correct.
-    return ctx.emit("TopK", [arg(ctx, node, 0), ctx.ints([a.k])], 2, axis=axis, largest=int(a.largest), sorted=1)
+    return ctx.emit("TopK", [arg(ctx, node, 0), ctx.dim1(a.k)], 2, axis=axis, largest=int(a.largest), sorted=1)
 
 
 @lowers("sort")

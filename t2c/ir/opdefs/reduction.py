@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import DType, TensorType
+from ..core import Dim, DType, TensorType
 from ..ops import define_op
 from ._infer import norm_axis
 
@@ -104,7 +104,7 @@ define_op("cumsum", ("x",), _cumsum_infer, lambda ctx, a, x: torch.cumsum(x, a.d
 
 @dataclass(frozen=True)
 class TopKAttrs:
-    k: int = 1
+    k: Dim = 1  # may be symbolic: top-min(2048, seq) of a sparse-attention indexer
     dim: int = -1
     largest: bool = True
     sorted: bool = True
@@ -121,7 +121,7 @@ define_op(
     "topk",
     ("x",),
     _topk_infer,
-    lambda ctx, a, x: tuple(torch.topk(x, a.k, a.dim, a.largest, a.sorted)),
+    lambda ctx, a, x: tuple(torch.topk(x, ctx.dim(a.k), a.dim, a.largest, a.sorted)),
     TopKAttrs,
     doc="k largest (or smallest) values and their indices",
 )
