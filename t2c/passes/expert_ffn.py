@@ -172,6 +172,8 @@ def _bias(graph: Graph, c, bias_v: Value | None, v: Value, tags: Tags) -> torch.
         b = b.reshape([b.shape[0] if i == f_axis else 1 for i in range(len(tags))])
     else:
         b = const_tensor(graph, bias_v)
+        if b.dim() > len(tags):
+            return f"the bias {tuple(b.shape)} has more axes than {v.type}"
         b = b.reshape((1,) * (len(tags) - b.dim()) + tuple(b.shape))
     if b.dim() != len(tags) or any(s not in (1, want) for s, want in zip(b.shape, shape)):
         return f"the bias {tuple(b.shape)} varies along the tokens or does not fit {v.type}"

@@ -36,6 +36,7 @@ Stats: expert_loop, dense_combine, mask_loop.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -293,8 +294,6 @@ class ExpertLoopRule(RewriteRule):
 
 
 def _on_tokens(ffn: ExpertFFN, x: Value) -> ExpertFFN:
-    import dataclasses
-
     return dataclasses.replace(ffn, x=x)
 
 
