@@ -73,7 +73,10 @@ def const_tensor(graph: Graph, v: Value) -> torch.Tensor | None:
     for n in nodes:
         if any(not o.type.is_static for o in n.outputs):
             return None
-        outs = get_op(n.op).run(ctx, n.attrs, [env[i] for i in n.inputs])
+        try:
+            outs = get_op(n.op).run(ctx, n.attrs, [env[i] for i in n.inputs])
+        except (RuntimeError, NotImplementedError):  # an op meta tensors cannot run (params without data)
+            return None
         env.update(zip(n.outputs, outs))
     return env[v]
 

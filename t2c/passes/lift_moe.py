@@ -142,6 +142,26 @@ def _emit(ctx: RewriteContext, lifted: Lifted) -> None:
             rw.erase_param(name)
 
 
+class _LiftRule(RewriteRule):
+    """A rule whose check reads the whole mixture (`_read`) and whose rewrite emits the experts op."""
+
+    def _read(self, match: Match, ctx: RewriteContext) -> Lifted | str:
+        raise NotImplementedError
+
+    def check(self, match: Match, ctx: RewriteContext) -> str | None:
+        try:
+            lifted = self._read(match, ctx)
+        except (RuntimeError, ValueError, IndexError) as e:  # a shape no reader foresaw: refuse, never break the compile
+            return f"the experts could not be read ({type(e).__name__}: {e})"
+        if isinstance(lifted, str):
+            return lifted
+        match.captures["lifted"] = lifted
+        return None
+
+    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
+        _emit(ctx, match["lifted"])
+
+
 def _routing(graph: Graph, ids: Value, weights: Value) -> tuple[Node, int] | str:
     why = ids_reason(ids)
     if why is not None:
@@ -200,7 +220,7 @@ def _routed_weight(v: Value, nz: Node) -> Value | None:
     return weights
 
 
-class ExpertLoopRule(RewriteRule):
+class ExpertLoopRule(_LiftRule):
     """A loop of `out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])` over experts."""
 
     name = "expert-loop"
@@ -213,15 +233,8 @@ class ExpertLoopRule(RewriteRule):
             return None  # not the last expert's: the rule looks at the whole chain from its end
         return Match(node)
 
-    def check(self, match: Match, ctx: RewriteContext) -> str | None:
-        lifted = self._read(match.root, ctx)
-        if isinstance(lifted, str):
-            return lifted
-        match.captures["lifted"] = lifted
-        return None
-
-    def _read(self, root: Node, ctx: RewriteContext) -> Lifted | str:
-        graph = ctx.graph
+    def _read(self, match: Match, ctx: RewriteContext) -> Lifted | str:
+        graph, root = ctx.graph, match.root
         steps, v = [], root.outputs[0]
         while (n := producer(v, "index_add")) is not None:
             steps.append(n)
@@ -289,9 +302,6 @@ class ExpertLoopRule(RewriteRule):
         ffns = [_on_tokens(experts[e], x) for e in range(n_experts)]
         return _lifted(root.outputs[0], x, ids, weights, ffns, n_experts)
 
-    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
-        _emit(ctx, match["lifted"])
-
 
 def _on_tokens(ffn: ExpertFFN, x: Value) -> ExpertFFN:
     return dataclasses.replace(ffn, x=x)
@@ -326,7 +336,7 @@ def _sum_terms(graph: Graph, node: Node) -> list[Value]:
     return out
 
 
-class MaskLoopRule(RewriteRule):
+class MaskLoopRule(_LiftRule):
     """A sum over experts of `expert(x) * combine[:, e:e+1]`, combine a top-k scattered into zeros."""
 
     name = "mask-loop"
@@ -342,7 +352,7 @@ class MaskLoopRule(RewriteRule):
         masked = [t for t in terms if producer(t, "mul") and any(_column(i) for i in t.producer.inputs)]
         return Match(node, {"terms": terms}) if len(masked) >= 2 else None
 
-    def check(self, match: Match, ctx: RewriteContext) -> str | None:
+    def _read(self, match: Match, ctx: RewriteContext) -> Lifted | str:
         graph, root = ctx.graph, match.root
         experts: dict[int, ExpertFFN] = {}
         combine, rest = None, []
@@ -380,14 +390,7 @@ class MaskLoopRule(RewriteRule):
         n_experts = combine.type.shape[1]
         if sorted(experts) != list(range(n_experts)):
             return f"the sum covers expert columns {sorted(experts)} of {n_experts}"
-        lifted = _lifted(root.outputs[0], experts[0].x, ids, weights, [experts[e] for e in range(n_experts)], n_experts, rest)
-        if isinstance(lifted, str):
-            return lifted
-        match.captures["lifted"] = lifted
-        return None
-
-    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
-        _emit(ctx, match["lifted"])
+        return _lifted(root.outputs[0], experts[0].x, ids, weights, [experts[e] for e in range(n_experts)], n_experts, rest)
 
 
 # -- 2. the dense combine: sum over E of combine * stacked expert outputs --------------------------------
@@ -422,7 +425,7 @@ def _combine_reading(c) -> tuple[int, tuple] | None:
     return None
 
 
-class DenseCombineRule(RewriteRule):
+class DenseCombineRule(_LiftRule):
     """sum over E of combine[T, E] * (every expert on every token), however the product and sum are spelled."""
 
     name = "dense-combine"
@@ -442,7 +445,7 @@ class DenseCombineRule(RewriteRule):
                 found = Match(node, {"out": v, "contraction": c, "reading": reading})
         return found
 
-    def check(self, match: Match, ctx: RewriteContext) -> str | None:
+    def _read(self, match: Match, ctx: RewriteContext) -> Lifted | str:
         graph, c = ctx.graph, match["contraction"]
         ci, tags = match["reading"]
         combine, y = c.sources[ci], c.sources[1 - ci]
@@ -471,14 +474,7 @@ class DenseCombineRule(RewriteRule):
             if isinstance(ffns, str):
                 return ffns
             x = ffns.x
-        lifted = _lifted(match["out"], x, ids, weights, ffns, n_experts)
-        if isinstance(lifted, str):
-            return lifted
-        match.captures["lifted"] = lifted
-        return None
-
-    def rewrite(self, match: Match, ctx: RewriteContext) -> None:
-        _emit(ctx, match["lifted"])
+        return _lifted(match["out"], x, ids, weights, ffns, n_experts)
 
 
 RULES = (ExpertLoopRule(), DenseCombineRule(), MaskLoopRule())
