@@ -110,8 +110,8 @@ class MoE(nn.Module):
     That keeps every shape independent of the routing (no nonzero, boolean
     indexing or loops over tokens), so the model exports with dynamic batch
     and sequence dims. t2c's MoE passes recognise this dense form, lift it to
-    the `moe` op and turn it into sparse dispatch, where each expert only sees
-    the tokens routed to it.
+    the `experts` op (lift-moe) and turn it into sparse dispatch (sparsify-moe),
+    where each expert only sees the tokens routed to it.
     """
 
     def __init__(self):
