@@ -82,7 +82,9 @@ def preset_options(fn):
     help_text = {"O0": "Cleanup passes only.", "O1": "Every exact pass (default).", "O2": "-O1 plus int8 weight-only quantization (approximate)."}
     for key in reversed(list(PRESETS)):
         names = ",".join(PRESETS[key])
-        fn = click.option(f"-{key}", "level", flag_value=key, default=key == "O1", help=help_text.get(key, names))(fn)
+        # Only -O1 names a default: flags sharing one destination would otherwise overwrite it with False.
+        default = {"default": True} if key == "O1" else {}
+        fn = click.option(f"-{key}", "level", flag_value=key, help=help_text.get(key, names), **default)(fn)
     return fn
 
 

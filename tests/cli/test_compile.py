@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from t2c.cli import main
+from t2c.passes import PRESETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "tiny_moe_transformer.py") + ":build"
@@ -38,7 +39,7 @@ def test_report_has_what_design_promises(compiled):
     out = report["validation"]["artifact_vs_ir"][1]["outputs"][0]
     assert set(out) == {"name", "max_abs", "max_rel", "cosine", "atol", "rtol", "ok"}
     assert out["name"] == "output" and out["max_abs"] <= 1e-4
-    assert [p["pass"] for p in report["passes"]][:3] == ["fold-shapes", "cse", "lift-attention"]
+    assert [p["pass"] for p in report["passes"]] == list(PRESETS["O1"])
     assert all(p["vs_eager"] and all(o["ok"] for c in p["vs_eager"] for o in c["outputs"]) for p in report["passes"])
     assert report["op_counts"]["traced"]["sdpa"] == 2 and report["op_counts"]["final"]["attention"] == 2
     assert set(report["timings"]) >= {"trace", "passes", "lower", "validate"}
