@@ -80,17 +80,20 @@ ORT_OPT_TYPES = {"bert": ["bert"], "gpt2": ["gpt2"], "llama": ["gpt2", "bert"]}
 
 # --------------------------------------------------------------------------- models
 
-def base_model(name: str):
-    """Llama-style / BERT-style models of a realistic width (random weights), built from transformers configs."""
+def base_model(name: str, hidden: int = 512):
+    """Llama-style / BERT-style models of a realistic width (random weights), built from transformers configs.
+
+    `hidden` (--hidden) scales the width: heads of 64, Llama's intermediate 2.75x (1408 at 512), BERT's 4x."""
     import transformers
 
     torch.manual_seed(0)
+    heads = max(hidden // 64, 1)
     if name == "llama":
-        cfg = transformers.LlamaConfig(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, num_key_value_heads=4,
-                                       intermediate_size=1408, vocab_size=8192, max_position_embeddings=2048)
+        cfg = transformers.LlamaConfig(num_hidden_layers=4, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=max(heads // 2, 1),
+                                       intermediate_size=hidden * 11 // 4, vocab_size=8192, max_position_embeddings=2048)
         model = transformers.LlamaForCausalLM(cfg)
     elif name == "bert":
-        cfg = transformers.BertConfig(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048,
+        cfg = transformers.BertConfig(num_hidden_layers=4, hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden,
                                       vocab_size=8192, max_position_embeddings=512)
         model = transformers.BertModel(cfg)
     else:
@@ -101,10 +104,10 @@ def base_model(name: str):
     return model
 
 
-def load_model(name: str, size: str):
+def load_model(name: str, size: str, hidden: int = 512):
     """(model, size actually used)."""
     if size == "base":
-        model = base_model(name)
+        model = base_model(name, hidden)
         if model is not None:
             return model, "base"
     if name == "minilm":
@@ -218,7 +221,7 @@ def bench_case(name: str, size: str, batch: int, seq: int, args, workdir: str, c
     key = (name, size)
     if key not in cache:
         cache.clear()  # keep at most one model (and its artifacts) alive
-        model, used = load_model(name, size)
+        model, used = load_model(name, size, args.hidden)
         cache[key] = {"model": model, "size": used, "artifacts": {}}
     entry = cache[key]
     model, config = entry["model"], entry["model"].config
@@ -381,6 +384,7 @@ def main() -> None:
     parser.add_argument("--models", default=None, help=f"comma list from {ZOO_MODELS} (default: all; --quick: all but minilm)")
     parser.add_argument("--size", choices=["small", "base"], default="small",
                         help="small: zoo configs (hidden 64) + MiniLM; base: hidden-512 Llama/BERT built here (others stay small)")
+    parser.add_argument("--hidden", type=int, default=512, help="--size base: the models' hidden size (heads of 64)")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--seqs", default="128,512")
     parser.add_argument("--repeat", type=int, default=30, help="timed rounds (each runs every variant once)")

@@ -44,7 +44,9 @@ def render_html(report: dict) -> str:
         f"<h1>t2c report: {html.escape(str(report.get('model')))}</h1>",
         f"<p>{_badge(v.get('ok'))} {html.escape(str(v.get('summary', '')))}</p>",
         _table(["target", "target options", "pipeline", "t2c"], [[report.get("target"), ", ".join(f"{k}={v}" for k, v in report.get("target_options", {}).items()), report.get("pipeline"), report.get("t2c_version")]]),
+        *(f"<p><b>warning:</b> {html.escape(w)}</p>" for w in report.get("warnings", [])),
         "<h2>Artifact vs IR interpreter</h2>",
+        *([f"<p>{html.escape(v['artifact_policy'])}</p>"] if v.get("artifact_policy") else []),
     ]
     for check in v.get("artifact_vs_ir", []):
         parts.append(f"<h3>{html.escape(check['shape'])}</h3>")
@@ -55,6 +57,11 @@ def render_html(report: dict) -> str:
         d = drift_summary(p)
         rows.append([p["pass"] + (f"{{{p['options']}}}" if p.get("options") else ""), "exact" if p["exact"] else "approximate", p["nodes_before"], p["nodes_after"], f"{p['seconds'] * 1000:.1f} ms", d["max_abs"], d["cosine"], d.get("argmax_agreement", "-"), d.get("kl", "-"), json.dumps(p["stats"])])
     parts.append(_table(["pass", "kind", "nodes before", "nodes after", "time", "max abs vs eager", "min cosine", "next-token agreement", "KL", "stats"], rows))
+    for p in report.get("passes", []):  # approximate passes: the bar they were judged by and per-layer SQNR
+        if p.get("layers") is not None:
+            bar = ", ".join(f"{k} {v:g}" for k, v in p.get("bar", {}).items() if v is not None) or "none (measured only)"
+            parts.append(f"<h3>{html.escape(p['pass'])}: per-layer SQNR vs the IR before it (bar: {html.escape(bar)})</h3>")
+            parts.append(_table(["layer", "op", "SQNR (dB)"], [[r["layer"], r["op"], r["sqnr_db"]] for r in p["layers"]]))
     counts = report.get("op_counts", {})
     ops = sorted(set(counts.get("traced", {})) | set(counts.get("final", {})))
     parts.append("<h2>Op counts</h2>")
