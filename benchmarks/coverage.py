@@ -103,8 +103,12 @@ def build_model(entry: dict):
 
 
 def _cfg(config, *names, default=None):
+    """An int field of the config, else of its text config, else of any sub-config (FastSpeech2's model_config)."""
+    from transformers import PretrainedConfig
+
+    subs = [getattr(config, "text_config", None)] + [v for v in vars(config).values() if isinstance(v, PretrainedConfig)]
     for n in names:
-        for c in (config, getattr(config, "text_config", None)):
+        for c in [config] + subs:
             v = getattr(c, n, None) if c is not None else None
             if isinstance(v, int) and not isinstance(v, bool):
                 return v
@@ -140,13 +144,13 @@ def make_inputs(model, entry: dict) -> dict:
         elif key == "attention_mask":
             t = ids((b, s), 2)
             t[:, 0] = 1  # at least one token attended to, also under a causal mask
+        elif key == "token_type_ids" and isinstance(getattr(config, "type_vocab_sizes", None), (list, tuple)):
+            sizes = config.type_vocab_sizes  # TAPAS: one column per token type (segment, column, row, rank, ...)
+            t = torch.stack([ids((b, s), n) for n in sizes], -1)
         elif key == "token_type_ids":
             t = ids((b, s), types)
         elif key == "bbox":
-            t = ids((b, s, 4), _cfg(config, "max_2d_position_embeddings", default=1000))
-            x = torch.sort(t[..., 0::2], dim=-1).values
-            y = torch.sort(t[..., 1::2], dim=-1).values
-            t = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1)
+            t = _ordered_boxes(ids((b, s, 4), _cfg(config, "max_2d_position_embeddings", default=1000)))
         elif key == "xpath_tags_seq":
             t = ids((b, s, _cfg(config, "max_depth", default=10)), _cfg(config, "max_xpath_tag_unit_embeddings", default=20))
         elif key == "xpath_subs_seq":
@@ -237,7 +241,7 @@ def run_t2c(model, inputs: dict, out_dir: str) -> dict:
     rec.update(exit_code=0, node_counts={**report.get("node_count", {}), "onnx": _onnx_nodes(path)})
     rec["report_ir_vs_eager_max_abs"] = _report_drift(report)  # t2c's own inputs (its second-shape masks are random)
     check = check_onnx(model, inputs, path)
-    rec.update(status="ok" if check["ok"] else "wrong vs eager", max_abs=check["max_abs"])
+    rec.update(status="ok" if check["ok"] else "wrong vs eager", max_abs=check["max_abs"], second_shape=check["second_shape"])
     if not check["ok"]:
         rec["error"] = f"validation passed, but {check['error']}"
     return rec
@@ -259,11 +263,12 @@ def _onnx_nodes(path: str) -> int | None:
         return None
 
 
-def second_shape(session, examples: dict, seed: int = 0) -> dict:
-    """Inputs at t2c's second validation shape for an ONNX graph: every dynamic axis grows (axis 0 -> n+1,
-    others -> n*1.5+1), values drawn like the example's (as t2c.validate.other_shape_inputs draws them),
-    except that attention masks keep their first column 1 as the testers' masks do (no fully masked query row,
-    whose output is the implementation's choice)."""
+def second_shape(session, examples: dict, seed: int = 0, grow: bool = True) -> dict:
+    """Inputs at t2c's second validation shape for an ONNX graph: every dynamic axis changes (axis 0 -> n+1,
+    others -> n*1.5+1, or n*3/4 with grow=False, for models whose position table is no longer than the
+    example), values drawn like the example's (as t2c.validate.other_shape_inputs draws them), except
+    that they keep the testers' constraints: attention masks keep their first column 1 (no fully masked
+    query row, whose output is the implementation's choice) and boxes keep x0 <= x1, y0 <= y1."""
     import torch
 
     sizes: dict[str, int] = {}
@@ -271,7 +276,7 @@ def second_shape(session, examples: dict, seed: int = 0) -> dict:
         ex = examples[i.name]
         for axis, (d, n) in enumerate(zip(i.shape, ex.shape)):
             if isinstance(d, str):
-                sizes.setdefault(d, n + 1 if axis == 0 else n + n // 2 + 1)
+                sizes.setdefault(d, n + 1 if axis == 0 else (n + n // 2 + 1 if grow else max(2, n * 3 // 4)))
     g = torch.Generator().manual_seed(seed)
     out = {}
     for i in session.session.get_inputs():
@@ -286,14 +291,27 @@ def second_shape(session, examples: dict, seed: int = 0) -> dict:
             t = (torch.randn(shape, generator=g) * std + float(ex.float().mean())).to(ex.dtype)
         if i.name == "attention_mask" and t.dim() == 2 and bool((ex[:, 0] != 0).all()):
             t[:, 0] = 1
+        if i.name == "bbox" and t.shape[-1] == 4:
+            t = _ordered_boxes(t)
         out[i.name] = t
     return out
 
 
-def check_onnx(model, inputs: dict, path: str) -> dict:
-    """Plain ONNX Runtime on `path` against eager at the example's shape and the second shape, 1e-4.
+def _ordered_boxes(t):
+    import torch
 
-    Returns {ok, max_abs, error}; raises when ONNX Runtime cannot load or run the graph."""
+    x = torch.sort(t[..., 0::2], dim=-1).values
+    y = torch.sort(t[..., 1::2], dim=-1).values
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1)
+
+
+def check_onnx(model, inputs: dict, path: str) -> dict:
+    """Plain ONNX Runtime on `path` against eager at the example's shape and a second shape, 1e-4.
+
+    The second shape grows every dynamic axis; where eager itself rejects that (a position table as long
+    as the example), sequence axes shrink instead; where eager rejects both, only the example's shape is
+    checked (`second_shape` says so). Returns {ok, max_abs, error, second_shape}; raises when ONNX Runtime
+    cannot load or run the graph."""
     import torch
 
     from t2c.backends.onnx import OnnxSession
@@ -303,23 +321,38 @@ def check_onnx(model, inputs: dict, path: str) -> dict:
     session = OnnxSession(path)
     # Graph inputs follow the forward arguments the exporter kept (one that is never read may be dropped).
     first = {k: v for k, v in inputs.items() if k in session.input_names}
+    checks = [(first, None)]
+    second = "none: eager rejects both"
+    for grow in (True, False):
+        feed = second_shape(session, first, grow=grow)
+        try:
+            with torch.no_grad():
+                want = flatten_outputs(model(**_full_feed(inputs, feed)))
+        except Exception:  # noqa: BLE001 - the model does not take this shape; try the other one
+            continue
+        checks.append((feed, want))
+        second = "grown" if grow else "shrunk (eager rejects the grown one)"
+        break
     worst = 0.0
-    for i, feed in enumerate((first, second_shape(session, first))):
+    for i, (feed, want) in enumerate(checks):
         label = ",".join("x".join(map(str, t.shape)) for t in feed.values())
         try:
             got = list(session(**feed).values())
         except Exception as e:  # noqa: BLE001 - say at which shape
             raise RuntimeError(f"at {'the example shape' if i == 0 else 'the second shape'} {label}: {first_line(e)}") from e
-        with torch.no_grad():
-            names, want = flatten_outputs(model(**_full_feed(inputs, feed)))
-        if len(got) != len(want):
-            return {"ok": False, "max_abs": None, "error": f"{len(got)} outputs for eager's {len(want)} ({names})"}
-        for name, g_, w in zip(names, got, want):
+        if want is None:
+            with torch.no_grad():
+                want = flatten_outputs(model(**_full_feed(inputs, feed)))
+        names, values = want
+        if len(got) != len(values):
+            return {"ok": False, "max_abs": None, "error": f"{len(got)} outputs for eager's {len(values)} ({names})", "second_shape": second}
+        for name, g_, w in zip(names, got, values):
             c = compare(name, g_, w, (TOL, TOL))
             worst = max(worst, c.max_abs)
             if not c.ok:
-                return {"ok": False, "max_abs": worst, "error": f"output {name!r} differs from eager by {c.max_abs:.3g} > {TOL:g} at {label}"}
-    return {"ok": True, "max_abs": worst, "error": None}
+                return {"ok": False, "max_abs": worst, "error": f"output {name!r} differs from eager by {c.max_abs:.3g} > {TOL:g} at {label}",
+                        "second_shape": second}
+    return {"ok": True, "max_abs": worst, "error": None, "second_shape": second}
 
 
 def run_anchor(model, inputs: dict, path: str) -> dict:
@@ -344,7 +377,7 @@ def run_anchor(model, inputs: dict, path: str) -> dict:
     except Exception as e:  # noqa: BLE001
         rec.update(status="ORT failed", error_type=type(e).__name__, error=f"{type(e).__name__}: {first_line(e)}")
         return rec
-    rec.update(status="ok" if check["ok"] else "mismatch", max_abs=check["max_abs"])
+    rec.update(status="ok" if check["ok"] else "mismatch", max_abs=check["max_abs"], second_shape=check["second_shape"])
     if not check["ok"]:
         rec["error"] = check["error"]
     return rec
@@ -525,16 +558,18 @@ def t2c_cause(r: dict) -> str:
         return f"validation: exact pass {m.group(1)} changed the output" if m else "validation: the ONNX artifact differs from the IR"
     if status == "error":
         if r.get("error_type") == "UnsupportedOpError":
-            m = re.search(r"\b(aten[.:]+[\w.]+|operator\.\w+|<built-in function \w+>|[\w.]+::\w+)", err)
+            m = re.search(r"(<built-in function \w+>|\baten[.:]+[\w.]+|\boperator\.\w+|\b[\w.]+::\w+)", err)
             head = err.split(" at ")[0]
             return f"unsupported op: {m.group(1)}" if m else f"unsupported: {normalise(head)}"
         if "torch.export" in err:
             if re.search(r"data.dependent|GuardOnDataDependent|unbacked", err, re.I):
                 return "torch.export: data-dependent guard"
-            m = re.match(r"torch\.export (?:failed|could not trace the model): (\w+(?:Error|Exception)?)", err)
-            return f"torch.export: {normalise(err.split(': ', 1)[1]) if ': ' in err else err}" if not m else f"torch.export: {m.group(1)}: " + normalise(err.split(m.group(1), 1)[1].lstrip(': '))[:90]
+            rest = err.split(": ", 1)[1] if ": " in err else err
+            return f"torch.export: {normalise(rest)[:110]}"
         return f"error: {normalise(err)}"
     if status == "internal error":
+        if (r.get("where") or "").endswith("in eager_outputs"):
+            return f"internal error: eager rejects the inputs of t2c's second validation shape (compiler.py:eager_outputs): {normalise(err)[:80]}"
         where = r.get("where") or "outside t2c"
         where = re.sub(r":\d+ in ", ":", where)
         return f"internal error: {r.get('error_type')} in {where}"
@@ -550,6 +585,9 @@ def anchor_cause(r: dict) -> str:
     if status == "ORT failed":
         m = re.search(r"at (the \w+ shape).*?running (\w+) node", err)
         return f"ORT failed at {m.group(1)}: {m.group(2)} node" if m else f"ORT failed: {normalise(err)[:100]}"
+    m = re.search(r"No ONNX function found for <OpOverload\(op='([\w.]+)'", err)
+    if m:
+        return f"{status}: no ONNX function for {m.group(1)}"
     m = re.search(r"<class '([\w.]+)'>: (.*)", err)
     if m:
         return f"{status}: {m.group(1).rsplit('.', 1)[-1]}: {normalise(m.group(2))[:100]}"
@@ -719,6 +757,7 @@ def merge(args) -> None:
             data = json.load(f)
         metas.append({**data["meta"], "file": os.path.basename(path)})
         for r in data["rows"]:
+            r.setdefault("commit", data["meta"].get("commit"))
             by_arch[r["arch"]] = r
     rows = [by_arch[a] for a in sorted(by_arch)]
     anchor = all(m.get("anchor", True) for m in metas)
