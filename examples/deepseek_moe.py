@@ -8,7 +8,7 @@ back with `index_add_` (DeepSeekMoE, Dai et al. 2024). Attention is causal with
 RoPE and grouped-query heads; norms are RMSNorm written out.
 
     t2c compile examples/deepseek_moe.py:build -o deepseek-moe/
-    t2c compile examples/deepseek_moe.py:build --passes -O1,sparsify-moe -o deepseek-moe-sparse/
+    t2c compile examples/deepseek_moe.py:build --passes -O0 -o deepseek-moe-unlifted/   # the loop kept as nonzero/index_add
 
 `build()` is a t2c model factory: it returns `(model, example_inputs)`.
 """

@@ -33,6 +33,7 @@ class SparsifyMoE(Pass):
     """Make every `experts` op dispatch sparsely: each expert runs on the tokens routed to it (exact)."""
 
     exact = True
+    after = ("lift-moe",)  # it sparsifies the experts ops lift-moe makes; before it, they would stay dense
 
     def run(self, graph: Graph) -> PassResult:
         rw = Rewriter(graph)
