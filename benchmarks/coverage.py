@@ -664,11 +664,12 @@ def print_table(rows: list[dict], summary: dict, anchor: bool) -> None:
 def git_commit() -> dict:
     def git(*a):
         try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.rstrip()
         except Exception:  # noqa: BLE001
             return ""
+    # What differs from the commit in the code that ran (porcelain lines are "XY path").
     changed = [ln[3:] for ln in git("status", "--porcelain").splitlines() if ln[3:].startswith(("t2c/", "benchmarks/anchors.py", "benchmarks/coverage.py"))]
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted": changed}
+    return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted": changed}
 
 
 def meta_info(args) -> dict:
