@@ -54,7 +54,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CONFIGS = os.path.join(ROOT, "..", "shared", "hf-test-configs")
+CONFIGS = os.path.join(ROOT, "tests", "data", "hf-test-configs")  # the repo's copy of ../shared/hf-test-configs
 SEED = 0
 BATCH = 2
 TOL = 1e-4
