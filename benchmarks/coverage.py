@@ -266,7 +266,7 @@ def _onnx_nodes(path: str) -> int | None:
 def second_shape(session, examples: dict, seed: int = 0, grow: bool = True) -> dict:
     """Inputs at t2c's second validation shape for an ONNX graph: every dynamic axis changes (axis 0 -> n+1,
     others -> n*1.5+1, or n*3/4 with grow=False, for models whose position table is no longer than the
-    example), values drawn like the example's (as t2c.validate.other_shape_inputs draws them), except
+    example), values drawn like the example's (as t2c.validate.second_shape_candidates draws them), except
     that they keep the testers' constraints: attention masks keep their first column 1 (no fully masked
     query row, whose output is the implementation's choice) and boxes keep x0 <= x1, y0 <= y1."""
     import torch

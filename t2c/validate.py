@@ -12,8 +12,9 @@ batch/sequence shape (DESIGN §7):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 
@@ -189,23 +190,41 @@ def noisy_artifact(graph: Graph, bar: DriftBar) -> NoisyArtifact | None:
     return NoisyArtifact(bar.min_cosine if bar.min_cosine is not None else DEFAULT_NOISY_COSINE, bar.min_token_agreement)
 
 
-def other_shape_inputs(graph: Graph, examples: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Inputs at a second shape: every dynamic dim grows (batch+1, seq*1.5+1, not a round number).
+def second_shape_candidates(graph: Graph, examples: Mapping[str, torch.Tensor], seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Inputs at a second shape, the most telling first; the compiler validates at the first the model accepts.
 
-    Values are drawn like the examples': integers from the example's own range
-    (so token ids stay valid ids and masks stay 0/1), floats with its mean/std.
+    1. every dynamic dim grown (batch + 1, others x 1.5 + 1, not round numbers), values drawn
+       like the examples' (integers from the example's range, so ids stay ids and masks 0/1;
+       floats with its mean and std);
+    2. the same sizes with the examples' own values tiled (models whose inputs obey rules
+       random values break: bounding boxes with x0 <= x1, ids that index a table);
+    3. batch + 1 and the other dims one shorter, values tiled (models that cannot go longer
+       than the traced length: a position table exactly that long).
+    A symbol's growth follows the label it was traced under: `batch`, `batch2` (the same
+    axis, when torch.export kept two symbols for it) all grow as a batch.
     """
+    grown = _sizes(graph, examples, lambda label, n: n + 1 if label == "batch" else n + n // 2 + 1)
+    yield _random_inputs(graph, examples, grown, seed)
+    yield _tiled_inputs(graph, examples, grown)
+    shrunk = _sizes(graph, examples, lambda label, n: n + 1 if label == "batch" else max(1, n - 1))
+    yield _tiled_inputs(graph, examples, shrunk)
+
+
+def _sizes(graph: Graph, examples: Mapping[str, torch.Tensor], rule) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for v in graph.inputs:
-        ex = examples[v.name]
-        for d, n in zip(v.type.shape, ex.shape):
+        for d, n in zip(v.type.shape, examples[v.name].shape):
             if isinstance(d, SymDim) and d.expr in d.symbols:
-                sizes.setdefault(d.expr, n + 1 if d.expr == "batch" else n + n // 2 + 1)
+                sizes.setdefault(d.expr, rule(re.sub(r"\d+$", "", d.expr), n))
+    return sizes
+
+
+def _random_inputs(graph: Graph, examples: Mapping[str, torch.Tensor], sizes: dict[str, int], seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     out = {}
     for v in graph.inputs:
         ex = examples[v.name]
-        shape = v.type.concrete_shape({**{s: n for s, n in sizes.items()}})
+        shape = v.type.concrete_shape(sizes)
         if ex.dtype == torch.bool:
             out[v.name] = torch.randint(0, 2, shape, generator=g).bool()
         elif not ex.dtype.is_floating_point:
@@ -214,6 +233,18 @@ def other_shape_inputs(graph: Graph, examples: Mapping[str, torch.Tensor], seed:
         else:
             mean, std = float(ex.float().mean()), float(ex.float().std()) if ex.numel() > 1 else 1.0
             out[v.name] = (torch.randn(shape, generator=g) * std + mean).to(ex.dtype)
+    return out
+
+
+def _tiled_inputs(graph: Graph, examples: Mapping[str, torch.Tensor], sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Each example cropped or repeated along every axis to the new sizes (its values, in their order)."""
+    out = {}
+    for v in graph.inputs:
+        t = examples[v.name]
+        for axis, m in enumerate(v.type.concrete_shape(sizes)):
+            if t.shape[axis] != m:
+                t = t.index_select(axis, torch.arange(m) % t.shape[axis])
+        out[v.name] = t
     return out
 
 
