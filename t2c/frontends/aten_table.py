@@ -13,16 +13,16 @@ from typing import Any
 
 import torch
 
-from ..ir.core import DType, dim_add, dim_mul, dim_sub, dims_equal
+from ..ir.core import DType, dim_add, dim_mul, dim_sub, dim_sympy, dims_equal
 from ..ir.opdefs.creation import ArangeAttrs, FullAttrs
 from ..ir.opdefs.experts import ExpertsAttrs
 from . import custom_ops  # noqa: F401  (registers torch.ops.t2c.*, converted below)
 from ..ir.opdefs.nn import EmbeddingAttrs, NormAttrs, RMSNormAttrs, SDPAAttrs
 from ..ir.opdefs.pointwise import CastAttrs, ClampAttrs, DivAttrs, GeluAttrs
-from ..ir.opdefs.reduction import ArgAttrs, DimAttrs, ReduceAttrs, SortAttrs, TopKAttrs, VarAttrs
+from ..ir.opdefs.reduction import ArgAttrs, AvgPoolAttrs, DimAttrs, PoolAttrs, ReduceAttrs, SortAttrs, TopKAttrs, VarAttrs
 from ..ir.opdefs.shape import (
-    AxisAttrs, DiagonalAttrs, DimsAttrs, IndexAttrs, PadAttrs, PermuteAttrs, RepeatAttrs, SelectAttrs, ShapeAttrs,
-    SliceAttrs, SplitAttrs,
+    AxisAttrs, DiagonalAttrs, DimsAttrs, IndexAttrs, PadAttrs, PermuteAttrs, RepeatAttrs, ScatterReduceAttrs, SelectAttrs,
+    ShapeAttrs, SliceAttrs, SplitAttrs,
 )
 
 aten = torch.ops.aten
@@ -40,6 +40,9 @@ SYMBOLIC_OPS = {
     aten.sym_size.int, aten.sym_numel.default, operator.add, operator.sub, operator.mul, operator.floordiv,
     operator.mod, operator.neg, operator.truediv, torch.sym_max, torch.sym_min,
 }
+# Nodes whose result is a Python scalar read from a tensor (`t.item()`): converted by their
+# handler (aten_data_dependent.py), not as a size.
+SCALAR_OPS = {aten.item.default, aten._local_scalar_dense.default}
 
 
 def conversion(*targets):
@@ -161,7 +164,8 @@ _UNARY = {
     aten.sqrt.default: "sqrt", aten.rsqrt.default: "rsqrt", aten.reciprocal.default: "reciprocal",
     aten.sin.default: "sin", aten.cos.default: "cos", aten.tanh.default: "tanh", aten.sigmoid.default: "sigmoid",
     aten.erf.default: "erf", aten.relu.default: "relu", aten.floor.default: "floor", aten.ceil.default: "ceil",
-    aten.logical_not.default: "logical_not",
+    aten.logical_not.default: "logical_not", aten.round.default: "round", aten.sign.default: "sign", aten.tan.default: "tan",
+    aten.asin.default: "asin", aten.acos.default: "acos", aten.atan.default: "atan",
 }
 
 
@@ -178,6 +182,12 @@ def _log1p(conv, x):
     # log(1 + x): ONNX has no Log1p either; where the two differ (tiny x) the absolute error stays below 1e-7.
     v = conv.value(x)
     return conv.emit("log", [conv.emit("add", [v, conv.scalar(1.0, v)])])
+
+
+@conversion(aten.expm1.default)
+def _expm1(conv, x):
+    v = conv.value(x)  # exp(x) - 1, as log1p is log(1 + x): ONNX has neither
+    return conv.emit("sub", [conv.emit("exp", [v]), conv.scalar(1.0, v)])
 
 
 @conversion(aten.bitwise_not.default)
@@ -239,7 +249,9 @@ def _clamp(conv, x, lo=None, hi=None):
     t = conv.node.target
     if t is aten.clamp_max.default:
         lo, hi = None, lo
-    return conv.emit("clamp", [conv.value(x)], ClampAttrs(None if lo is None else float(lo), None if hi is None else float(hi)))
+    # torch promotes an integer tensor clamped by float bounds to float: cast first, as torch does.
+    v = _cast_to(conv, conv.value(x), conv.meta_type().dtype)
+    return conv.emit("clamp", [v], ClampAttrs(None if lo is None else float(lo), None if hi is None else float(hi)))
 
 
 @conversion(aten.clamp.Tensor)
@@ -328,6 +340,13 @@ def _squeeze(conv, x, dims=None):
     return conv.emit("squeeze", [v], DimsAttrs(tuple(d % max(v.type.rank, 1) for d in dims)))
 
 
+def _negative(d) -> bool:
+    """A start or index counted from the end: a negative int, or a dim such as `-seq` (torch guarded its sign)."""
+    if isinstance(d, int):
+        return d < 0
+    return bool(dim_sympy(d).is_negative)
+
+
 @conversion(aten.slice.Tensor)
 def _slice(conv, x, dim=0, start=None, end=None, step=1):
     v = conv.value(x)
@@ -335,7 +354,7 @@ def _slice(conv, x, dim=0, start=None, end=None, step=1):
     size = v.type.shape[axis]
     out_len = conv.meta_type().shape[axis]
     s = 0 if start is None else conv.dim(start)
-    if isinstance(s, int) and s < 0:
+    if _negative(s):
         s = dim_add(size, s)
     if isinstance(s, int) and isinstance(size, int):
         s = min(max(s, 0), size)
@@ -369,7 +388,7 @@ def _slice_scatter(conv, x, src, dim=0, start=None, end=None, step=1):
     axis = dim % v.type.rank
     size = v.type.shape[axis]
     s = 0 if start is None else conv.dim(start)
-    if isinstance(s, int) and s < 0:
+    if _negative(s):
         s = dim_add(size, s)
     if isinstance(s, int) and isinstance(size, int):
         s = min(max(s, 0), size)
@@ -395,7 +414,7 @@ def _select(conv, x, dim, index):
     v = conv.value(x)
     axis = dim % v.type.rank
     i = conv.dim(index)
-    if isinstance(i, int) and i < 0:
+    if _negative(i):
         i = dim_add(v.type.shape[axis], i)
     return conv.emit("select", [v], SelectAttrs(axis, i))
 
@@ -437,12 +456,82 @@ def _scatter(conv, x, dim, index, src):
     return conv.emit("scatter", [v, conv.value(index), src_v], AxisAttrs(dim % v.type.rank))
 
 
+@conversion(aten.scatter_reduce.two)
+def _scatter_reduce(conv, x, dim, index, src, reduce, *, include_self=True):
+    v = conv.value(x)
+    sv = _cast_to(conv, conv.value(src), v.type.dtype)
+    attrs = ScatterReduceAttrs(dim % v.type.rank, str(reduce), bool(include_self))
+    return conv.emit("scatter_reduce", [v, conv.value(index), sv], attrs)
+
+
+@conversion(aten.unfold.default)
+def _unfold(conv, x, dim, size, step):
+    """x.unfold(dim, size, step): windows gathered by an [n, size] index (i * step + j), the window axis moved last."""
+    v = conv.value(x)
+    axis = dim % max(v.type.rank, 1)
+    n = conv.meta_type().shape[axis]
+    starts = conv.emit("reshape", [conv.emit("arange", [], ArangeAttrs(0, dim_mul(n, step), step, DType.I64))], ShapeAttrs((n, 1)))
+    offsets = conv.emit("arange", [], ArangeAttrs(0, size, 1, DType.I64))
+    windows = conv.emit("index", [v, conv.emit("add", [starts, offsets])], IndexAttrs((axis,)))  # [..., n, size, ...]
+    rank = v.type.rank + 1
+    perm = [i for i in range(rank) if i != axis + 1] + [axis + 1]
+    return windows if perm == list(range(rank)) else conv.emit("permute", [windows], PermuteAttrs(tuple(perm)))
+
+
+def _per_dim(value, n: int) -> tuple[int, ...]:
+    """A pooling size as one int per spatial dim: torch accepts one int for all, or () for the default."""
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            return ()
+        return tuple(int(v) for v in value) if len(value) == n else (int(value[0]),) * n
+    return (int(value),) * n
+
+
+@conversion(aten.max_pool1d.default, aten.max_pool2d.default, aten.max_pool3d.default,
+            aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default)
+def _max_pool(conv, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+    """max_pool over the last len(kernel) dims; an unbatched input gets a batch of one. The
+    indices of the *_with_indices forms convert only if nothing uses them."""
+    n = len(kernel)
+    k = _per_dim(kernel, n)
+    attrs = PoolAttrs(k, _per_dim(stride, n) or k, _per_dim(padding, n), _per_dim(dilation, n), bool(ceil_mode))
+    out = _pool(conv, "max_pool", conv.value(x), attrs)
+    if "with_indices" in str(conv.node.target):
+        from .torch_export import Unresolved
+
+        return (out, Unresolved(conv.unsupported("the indices of max_pool (return_indices=True)")))
+    return out
+
+
+@conversion(aten.avg_pool1d.default, aten.avg_pool2d.default, aten.avg_pool3d.default)
+def _avg_pool(conv, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    if divisor_override is not None:
+        raise conv.unsupported("avg_pool with divisor_override")
+    n = len(kernel)
+    k = _per_dim(kernel, n)
+    attrs = AvgPoolAttrs(k, _per_dim(stride, n) or k, _per_dim(padding, n), bool(ceil_mode), bool(count_include_pad))
+    return _pool(conv, "avg_pool", conv.value(x), attrs)
+
+
+def _pool(conv, op, v, attrs):
+    """A pooling op over [N, C, *spatial]; an unbatched input gets a batch of one."""
+    from ..errors import VerifyError
+
+    unbatched = v.type.rank == len(attrs.kernel) + 1
+    if unbatched:
+        v = conv.emit("unsqueeze", [v], AxisAttrs(0))
+    try:
+        out = conv.emit(op, [v], attrs)
+    except VerifyError as e:
+        raise conv.unsupported(str(e)) from None
+    return conv.emit("squeeze", [out], DimsAttrs((0,))) if unbatched else out
+
+
 @conversion(aten.index.Tensor)
 def _index(conv, x, indices):
-    dims = tuple(i for i, t in enumerate(indices) if t is not None)
-    vals = [conv.value(t) for t in indices if t is not None]
-    if any(v.type.dtype == DType.BOOL for v in vals):
-        raise conv.unsupported("boolean-mask indexing (data-dependent shape)")
+    from .aten_data_dependent import index_operands  # boolean masks become nonzero's coordinates
+
+    dims, vals = index_operands(conv, indices)
     return conv.emit("index", [conv.value(x)] + vals, IndexAttrs(dims))
 
 
@@ -522,10 +611,43 @@ def _arange(conv, *args, **kwargs):
     else:
         start, end = args[0], args[1]
         step = args[2] if len(args) > 2 else kwargs.get("step", 1)
-    if any(isinstance(a, float) for a in (start, end, step)):
-        raise conv.unsupported("arange with float bounds")
-    dtype = conv.meta_type().dtype
-    return conv.emit("arange", [], ArangeAttrs(conv.dim(start), conv.dim(end), conv.dim(step), dtype))
+    out = conv.meta_type()
+    if any(_is_float_arg(conv, a) for a in (start, end, step)):
+        return _float_arange(conv, start, step, out)
+    return conv.emit("arange", [], ArangeAttrs(conv.dim(start), conv.dim(end), conv.dim(step), out.dtype))
+
+
+def _is_float_arg(conv, a) -> bool:
+    if isinstance(a, torch.fx.Node):
+        return isinstance(a.meta.get("val"), (float, torch.SymFloat))
+    return isinstance(a, (float, torch.SymFloat))
+
+
+def _float_arange(conv, start, step, out):
+    """arange with float bounds: start + step * i for i < n, where n is the length torch computed.
+
+    Integral start and step (`arange(0, seq / 2, 1.0)`) keep the plain arange with an
+    integer end; otherwise the values are computed in the result dtype (torch
+    accumulates in double: the two differ by float rounding only).
+    """
+    n = out.shape[0]
+    integral = lambda a: isinstance(a, (int, torch.SymInt)) or (isinstance(a, float) and a.is_integer()) or (  # noqa: E731
+        isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), (int, torch.SymInt)))
+    if integral(start) and integral(step) and not isinstance(step, torch.fx.Node):
+        s = conv.dim(int(start) if isinstance(start, float) else start)
+        return conv.emit("arange", [], ArangeAttrs(s, dim_add(s, dim_mul(n, int(step))), int(step), out.dtype))
+    if not out.dtype.is_float:
+        raise conv.unsupported(f"arange with fractional bounds and an integer result ({out.dtype})")
+    if isinstance(start, torch.fx.Node) and not isinstance(start.meta.get("val"), (int, torch.SymInt)):
+        raise conv.unsupported("arange whose start is a float computed from sizes")
+    if isinstance(step, torch.fx.Node):
+        raise conv.unsupported("arange whose step is computed from sizes")
+    i = conv.emit("arange", [], ArangeAttrs(0, n, 1, out.dtype))
+    values = conv.emit("mul", [i, conv.scalar(float(step), i)]) if float(step) != 1 else i
+    if isinstance(start, (int, float)) and float(start) == 0:
+        return values
+    first = conv.scalar(float(start), i) if isinstance(start, (int, float)) else _cast_to(conv, conv.scalar(start), out.dtype)
+    return conv.emit("add", [values, first])
 
 
 # -- reductions and scans --------------------------------------------------------------------
@@ -546,11 +668,35 @@ CONVERSIONS[aten.mean.dim] = _reduce("mean")
 CONVERSIONS[aten.mean.default] = lambda conv, x, dtype=None: _reduce("mean")(conv, x, None, False, dtype=dtype)
 CONVERSIONS[aten.amax.default] = _reduce("amax")
 CONVERSIONS[aten.amin.default] = _reduce("amin")
+CONVERSIONS[aten.max.default] = lambda conv, x: _reduce("amax")(conv, x)  # t.max(): over every element
+CONVERSIONS[aten.min.default] = lambda conv, x: _reduce("amin")(conv, x)
 CONVERSIONS[aten.any.dim] = _reduce("any")
 CONVERSIONS[aten.any.dims] = _reduce("any")
 CONVERSIONS[aten.any.default] = lambda conv, x: _reduce("any")(conv, x)
 CONVERSIONS[aten.all.dim] = _reduce("all")
 CONVERSIONS[aten.all.default] = lambda conv, x: _reduce("all")(conv, x)
+
+
+@conversion(aten.linalg_vector_norm.default)
+def _vector_norm(conv, x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    """The p-norm over dims, from sums: 2 -> sqrt(sum(x*x)), 1 -> sum(|x|), inf -> max |x|, 0 -> count of non-zeros."""
+    v = _cast_if(conv, conv.value(x), dtype)
+    if isinstance(dim, int):
+        dim = [dim]
+    attrs = ReduceAttrs(tuple(d % max(v.type.rank, 1) for d in (dim or ())), bool(keepdim))
+    p = float(ord)
+    if p == 0:
+        nz = conv.emit("ne", [v, conv.scalar(0.0, v)])
+        return _cast_to(conv, conv.emit("sum", [nz], attrs), v.type.dtype)
+    a = conv.emit("abs", [v])
+    if p in (float("inf"), float("-inf")):
+        return conv.emit("amax" if p > 0 else "amin", [a], attrs)
+    if p == 1:
+        return conv.emit("sum", [a], attrs)
+    if p == 2:
+        return conv.emit("sqrt", [conv.emit("sum", [conv.emit("mul", [v, v])], attrs)])
+    powered = conv.emit("pow", [a, conv.scalar(p, a)])
+    return conv.emit("pow", [conv.emit("sum", [powered], attrs), conv.scalar(1.0 / p, a)])
 
 
 @conversion(aten.var.correction)

@@ -32,7 +32,7 @@ from ..ir.core import Dim, DType, Graph, SymDim, TensorType, Value, dim_from_sym
 from ..ir.verifier import types_match
 from . import hf
 from .loaders import LoadedModel, default_dynamic_dims
-from .aten_table import CONVERSIONS, IDENTITY_OPS, SKIPPED_OPS, SYMBOLIC_OPS
+from .aten_table import CONVERSIONS, IDENTITY_OPS, SCALAR_OPS, SKIPPED_OPS, SYMBOLIC_OPS
 from . import aten_data_dependent  # noqa: F401,E402  (registers its conversions in the same table)
 
 _WRAPPER_PREFIX = "inner."
@@ -153,12 +153,25 @@ class Converter:
     symbols: dict[sympy.Symbol, sympy.Symbol] = field(default_factory=dict)
     env: dict[torch.fx.Node, Any] = field(default_factory=dict)
     node: torch.fx.Node | None = None
+    # Unbacked symbols that `t.item()` made from a 0-d integer IR value: used as a size, the
+    # value becomes a data-dependent dim through a `data_size` node (emitted on first use).
+    scalar_sources: dict[sympy.Symbol, Value] = field(default_factory=dict)
+    # Results a conversion shares with later ones (the nonzero of a boolean mask, read by
+    # `x[mask]` and written by `x[mask] = v`: one data-dependent dim for both).
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     # -- helpers for handlers -------------------------------------------------------
+    def lookup(self, arg: torch.fx.Node) -> Any:
+        """What an FX node converted to; a size that could not be converted raises its error now."""
+        v = self.env[arg]
+        if isinstance(v, Unresolved):
+            raise v.error
+        return v
+
     def value(self, arg: Any) -> Value:
         if not isinstance(arg, torch.fx.Node):
             raise self.unsupported(f"expected a tensor operand, got {arg!r}")
-        v = self.env[arg]
+        v = self.lookup(arg)
         if not isinstance(v, Value):
             raise self.unsupported(f"expected a tensor operand, got the symbolic size {v}")
         return v
@@ -169,7 +182,7 @@ class Converter:
     def dim(self, x: Any) -> Dim:
         """A size argument (int, SymInt or an FX node computing one) as an IR dim."""
         if isinstance(x, torch.fx.Node):
-            v = self.env[x]
+            v = self.lookup(x)
             if isinstance(v, Value):
                 raise self.unsupported("a size computed from tensor data (data-dependent shapes are not supported)")
             return v
@@ -183,13 +196,29 @@ class Converter:
         if isinstance(x, int):
             return x
         expr = x.node.expr if isinstance(x, torch.SymInt) else x
+        for s in sorted(expr.free_symbols, key=str):
+            if _is_unbacked(s) and s not in self.symbols and s in self.scalar_sources:
+                self._bind_scalar(s)
         unnamed = [s for s in expr.free_symbols if _is_unbacked(s) and s not in self.symbols]
         if unnamed:
             raise self.unsupported(f"a size known only at run time ({unnamed[0]}) that no op t2c converts computes")
         return dim_from_sympy(_plain_sympy(expr).xreplace(self.symbols))
 
-    def data_dim(self, size: Any) -> SymDim:
-        """Name the unbacked SymInt `size` (a data-dependent size the current node computes) `n0`, `n1`, ..."""
+    def _bind_scalar(self, s: sympy.Symbol) -> None:
+        from ..ir.opdefs.data_dependent import DataSizeAttrs
+
+        name = fresh_data_dim(x.name for x in self.symbols.values())
+        self.symbols[s] = sym_symbol(name)
+        self.emit("data_size", [self.scalar_sources[s]], DataSizeAttrs(SymDim(name)))
+
+    def data_dim(self, size: Any = None) -> SymDim:
+        """Name the unbacked SymInt `size` (a data-dependent size the current node computes) `n0`, `n1`, ...
+
+        Without `size`: a fresh name for a data-dependent size torch's trace does not name."""
+        if size is None:
+            name = fresh_data_dim(s.name for s in self.symbols.values())
+            self.symbols[sympy.Symbol(f"_t2c_{name}")] = sym_symbol(name)
+            return SymDim(name)
         expr = size.node.expr if isinstance(size, torch.SymInt) else size
         if not (isinstance(expr, sympy.Symbol) and _is_unbacked(expr)):
             raise self.unsupported(f"expected a data-dependent size, got {size}")
@@ -242,12 +271,24 @@ class Converter:
 
     def operand(self, arg: Any, like: Value | None = None) -> Value:
         """A tensor operand, or a 0-d constant for a scalar argument."""
-        if isinstance(arg, torch.fx.Node) and isinstance(self.env.get(arg), Value):
+        if isinstance(arg, torch.fx.Node) and isinstance(self.lookup(arg), Value):
             return self.env[arg]
         return self.scalar(arg, like)
 
     def unsupported(self, why: str) -> UnsupportedOpError:
         return UnsupportedOpError(f"{why} at {describe_node(self.node, self.ep)}")
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A size the frontend could not express (a float from `.item()`, a size only the data decides).
+
+    Stored instead of failing at once: torch.export's runtime assertions compute such
+    sizes only to check them, and the table skips those checks. A conversion that
+    really uses it raises the error then.
+    """
+
+    error: Exception
 
 
 def _is_unbacked(s: sympy.Symbol) -> bool:
@@ -261,12 +302,18 @@ def _plain_sympy(expr: sympy.Expr) -> sympy.Expr:
     from torch.utils._sympy import functions as F
 
     repl = {}
-    for cls_name, fn in (("FloorDiv", lambda a, b: sympy.floor(a / b)), ("CleanDiv", lambda a, b: a / b), ("IntTrueDiv", lambda a, b: a / b), ("CeilDiv", lambda a, b: sympy.ceiling(a / b)), ("PythonMod", sympy.Mod), ("Mod", sympy.Mod), ("TruncToInt", lambda a: sympy.floor(a))):
+    for cls_name, fn in (("FloorDiv", lambda a, b: sympy.floor(a / b)), ("CleanDiv", lambda a, b: a / b), ("IntTrueDiv", lambda a, b: a / b), ("CeilDiv", lambda a, b: sympy.ceiling(a / b)), ("PythonMod", sympy.Mod), ("Mod", sympy.Mod), ("TruncToInt", lambda a: sympy.floor(a)),
+                        ("CeilToInt", sympy.ceiling), ("FloorToInt", sympy.floor), ("ToFloat", lambda a: a),
+                        ("FloatTrueDiv", lambda a, b: a / b)):
         cls = getattr(F, cls_name, None)
         if cls is not None:
             repl[cls] = fn
     for cls, fn in repl.items():
         expr = expr.replace(cls, fn)
+    # Float sizes (`arange(0, 2 * seq, 1.0)`): exact rationals, so integral results simplify.
+    floats = expr.atoms(sympy.Float)
+    if floats:
+        expr = expr.xreplace({f: sympy.Rational(str(f)) for f in floats})
     return expr
 
 
@@ -368,14 +415,18 @@ def _convert_call(conv: Converter, node: torch.fx.Node) -> None:
     target = node.target
     if target in SKIPPED_OPS:
         return
-    if target in SYMBOLIC_OPS or (not isinstance(node.meta.get("val"), (torch.Tensor, tuple, list)) and isinstance(node.meta.get("val"), (torch.SymInt, int)) and target is not torch.ops.aten.item.default):
-        conv.env[node] = conv.sym(node.meta["val"])
+    val = node.meta.get("val")
+    if target in SYMBOLIC_OPS or (not isinstance(val, (torch.Tensor, tuple, list)) and isinstance(val, (torch.SymInt, int)) and target not in SCALAR_OPS):
+        try:
+            conv.env[node] = conv.sym(val)
+        except UnsupportedOpError as e:
+            conv.env[node] = Unresolved(e)
         return
     if target in IDENTITY_OPS:
         conv.env[node] = conv.value(node.args[0])
         return
     if target is __import__("operator").getitem:
-        src = conv.env[node.args[0]]
+        src = conv.lookup(node.args[0])
         conv.env[node] = src[node.args[1]]
         return
     handler = CONVERSIONS.get(target)

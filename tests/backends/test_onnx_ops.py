@@ -279,8 +279,45 @@ def _cases() -> list[tuple[str, Case]]:
         ("nonzero-int-3d", Case("nonzero", D.NonzeroAttrs(SymDim("n0")), ins=[(I64, ("batch", 2, "seq"), ints_below(2))])),
         ("index_add", Case("index_add", D.IndexAddAttrs(0), ins=[(F32, ("batch", 4)), (I64, ("seq",), ints_below(2)), (F32, ("seq", 4))])),
         ("index_add-dim1", Case("index_add", D.IndexAddAttrs(1), ins=[(F32, (3, "batch", 2)), (I64, ("seq",), ints_below(2)), (F32, (3, "seq", 2))])),
+        ("data_size", Case("data_size", D.DataSizeAttrs(SymDim("n0")), ins=[(I64, (), ints_below(7))])),
+        ("scatter_nd", Case("scatter_nd", D.ScatterNDAttrs(False), ins=[(F32, (4, 4, 3)), (I64, ("seq", 2), distinct_rows(2, 4)), (F32, ("seq", 3))])),
+        ("scatter_nd-accumulate", Case("scatter_nd", D.ScatterNDAttrs(True), ins=[(F32, ("batch", 4)), (I64, (2, "seq", 1), ints_below(2)), (F32, (2, "seq", 4))])),
+    ]
+    # coverage ops: pooling, scatter with a reduction, more unary math, exact integer pow and sum
+    c += [(op, Case(op, ins=[(F32, BS, lambda s, d: torch.rand(s) * 1.8 - 0.9)])) for op in ["tan", "asin", "acos", "atan", "sign", "round"]]
+    c += [
+        ("sign-int", Case("sign", ins=[(I64, BS)])),
+        ("round-half-even", Case("round", ins=[(F32, BS, lambda s, d: torch.randint(-6, 7, s) + 0.5)])),
+        ("max_pool-1d", Case("max_pool", R.PoolAttrs((4,), (4,), (0,), (1,)), ins=[(F32, ("batch", 3, 16))])),
+        ("max_pool-2d-pad-dilated", Case("max_pool", R.PoolAttrs((3, 2), (2, 1), (1, 1), (1, 2)), ins=[(F32, ("batch", 2, 9, 7))])),
+        ("max_pool-ceil", Case("max_pool", R.PoolAttrs((2,), (2,), (0,), (1,), True), ins=[(F32, ("batch", 3, "seq"))])),
+        ("max_pool-f16", Case("max_pool", R.PoolAttrs((2,), (2,), (0,), (1,)), ins=[(DType.F16, ("batch", 3, 8))])),
+        ("avg_pool-ceil", Case("avg_pool", R.AvgPoolAttrs((2, 2), (2, 2), (0, 0), True), ins=[(F32, ("batch", 1, "seq", 5))])),
+        ("avg_pool-pad", Case("avg_pool", R.AvgPoolAttrs((3,), (1,), (1,), False, True), ins=[(F32, ("batch", 2, "seq"))])),
+        ("avg_pool-pad-exclude", Case("avg_pool", R.AvgPoolAttrs((3,), (2,), (1,), False, False), ins=[(F32, ("batch", 2, "seq"))])),
+    ]
+    scatter_ins = [(F32, ("batch", 4)), (I64, ("batch", "seq"), ints_below(4)), (F32, ("batch", "seq"))]
+    for reduce in S.SCATTER_REDUCTIONS:
+        c.append((f"scatter_reduce-{reduce}", Case("scatter_reduce", S.ScatterReduceAttrs(1, reduce, True), ins=scatter_ins)))
+        c.append((f"scatter_reduce-{reduce}-no-self", Case("scatter_reduce", S.ScatterReduceAttrs(1, reduce, False), ins=scatter_ins)))
+    c.append(("scatter_reduce-amin-int", Case("scatter_reduce", S.ScatterReduceAttrs(0, "amin", False), ins=[(I64, (3, "seq")), (I64, (2, "seq"), ints_below(3)), (I64, (2, "seq"))])))
+    big = lambda s, d: torch.randint(2**40, 2**41, s)  # noqa: E731  (products and sums past 2**53 wrap like torch)
+    c += [
+        ("pow-int-exact", Case("pow", ins=[(I64, BS, big), (I64, ("seq",), ints_below(3))])),
+        ("pow-int-exact-scalar", Case("pow", ins=[(I64, (), lambda s, d: torch.tensor(1000000007)), (I64, ("seq",), ints_below(4))])),
+        ("sum-int-exact", Case("sum", R.ReduceAttrs((0, 1), False), ins=[(I64, (*BS, 3), lambda s, d: torch.randint(2**60, 2**62, s))])),
+        ("sum-int-exact-keepdim", Case("sum", R.ReduceAttrs((1,), True), ins=[(I64, BS, big)])),
     ]
     return c
+
+
+def distinct_rows(k, n):
+    """[rows, k] coordinates below n without repeats (scatter_nd's writes are then well defined)."""
+    def make(shape, dtype):
+        rows = shape[0]
+        flat = torch.randperm(n**k)[:rows]
+        return torch.stack([(flat // n**(k - 1 - j)) % n for j in range(k)], dim=1)
+    return make
 
 
 CASES = _cases()

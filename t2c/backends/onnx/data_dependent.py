@@ -5,6 +5,10 @@ row-major order), so a Transpose follows. Its row count is the data-dependent
 dim the node introduces; `Context.bind` records the result so later dims read
 it with Shape.
 
+data_size: Range(0, x, 1); its length is the dim.
+
+scatter_nd: ScatterND itself (reduction "add" when accumulating).
+
 index_add: ScatterND with reduction "add" accumulates duplicate indices as
 torch does. ScatterND indexes the leading axis, so another axis is transposed
 to the front and back.
@@ -34,3 +38,16 @@ def _index_add(ctx, node):
     back = [perm.index(i) for i in range(r)]
     moved = ctx.emit("ScatterND", [ctx.emit("Transpose", [x], perm=perm), index, ctx.emit("Transpose", [src], perm=perm)], reduction="add")
     return [ctx.emit("Transpose", [moved], perm=back)]
+
+
+@lowers("data_size")
+def _data_size(ctx, node):
+    x = arg(ctx, node, 0, DType.I64)
+    return [ctx.emit("Range", [ctx.const(0, DType.I64), x, ctx.const(1, DType.I64)])]
+
+
+@lowers("scatter_nd")
+def _scatter_nd(ctx, node):
+    x, index, src = arg(ctx, node, 0), arg(ctx, node, 1, DType.I64), arg(ctx, node, 2)
+    extra = {"reduction": "add"} if node.attrs.accumulate else {}
+    return [ctx.emit("ScatterND", [x, index, src], **extra)]

@@ -58,6 +58,7 @@ def rank(node: Node, i: int = 0) -> int:
 _UNARY = {
     "neg": "Neg", "abs": "Abs", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "reciprocal": "Reciprocal",
     "sin": "Sin", "cos": "Cos", "tanh": "Tanh", "sigmoid": "Sigmoid", "erf": "Erf", "relu": "Relu",
+    "tan": "Tan", "asin": "Asin", "acos": "Acos", "atan": "Atan",
 }
 
 
@@ -78,12 +79,20 @@ def _silu(ctx, node):
     return [ctx.emit("Mul", [x, ctx.emit("Sigmoid", [x])])]
 
 
-@lowers("floor", "ceil")
+@lowers("floor", "ceil", "round")
 def _round(ctx, node):
     x = arg(ctx, node, 0)
     if not out_dtype(node).is_float:  # torch.floor of an integer tensor is the tensor
         return [ctx.emit("Identity", [x])]
-    return [ctx.emit("Floor" if node.op == "floor" else "Ceil", [x])]
+    return [ctx.emit({"floor": "Floor", "ceil": "Ceil", "round": "Round"}[node.op], [x])]
+
+
+@lowers("sign")
+def _sign(ctx, node):
+    dt = out_dtype(node)
+    if dt == DType.BOOL:  # sign of a bool is the bool
+        return [ctx.emit("Identity", [arg(ctx, node, 0)])]
+    return [ctx.emit("Sign", [arg(ctx, node, 0)])]
 
 
 @lowers("logical_not")
@@ -124,7 +133,40 @@ def _arith(ctx, node):
     a, b = _binary_args(ctx, node)
     if out_dtype(node) == DType.BOOL and node.op in _BOOL_ARITH:
         return [ctx.emit(_BOOL_ARITH[node.op], [a, b])]
+    if node.op == "pow" and not out_dtype(node).is_float:
+        return [_int_pow(ctx, a, b, out_dtype(node), _max_exponent(ctx, node.inputs[1]))]
     return [ctx.emit(_ARITH[node.op], [a, b])]
+
+
+def _max_exponent(ctx, v) -> int | None:
+    """The largest value of an integer exponent when the graph fixes it (a param, a constant, an arange)."""
+    t = ctx.param_tensor(v)
+    if t is not None:
+        return int(t.max()) if t.numel() else 0
+    p = v.producer
+    if p is not None and p.op == "full" and isinstance(p.attrs.value, (int, bool)):
+        return int(p.attrs.value)
+    if p is not None and p.op == "arange" and all(isinstance(d, int) for d in (p.attrs.start, p.attrs.end, p.attrs.step)):
+        values = range(p.attrs.start, p.attrs.end, p.attrs.step)
+        return max(values) if len(values) else 0
+    return None
+
+
+def _int_pow(ctx, base: str, exp: str, dt: DType, max_exp: int | None) -> str:
+    """Integer pow by repeated squaring, wrapping on overflow as torch does (ONNX Runtime's
+    Pow computes integers through double, inexact above 2**53). One step per exponent bit:
+    as many as the largest exponent needs when it is known, else the dtype's width."""
+    bits = max(int(max_exp), 1).bit_length() if max_exp is not None else torch.iinfo(dt.torch).bits - 1
+    one, two = ctx.const(1, dt), ctx.const(2, dt)
+    result = ctx.emit("Mul", [ctx.emit("Mul", [base, ctx.const(0, dt)]), ctx.emit("Mul", [exp, ctx.const(0, dt)])])
+    result = ctx.emit("Add", [result, one])  # ones of the broadcast shape
+    for i in range(bits):
+        odd = ctx.emit("Equal", [ctx.emit("Mod", [exp, two], fmod=0), one])
+        result = ctx.emit("Where", [odd, ctx.emit("Mul", [result, base]), result])
+        if i + 1 < bits:
+            exp = ctx.emit("Div", [exp, two])
+            base = ctx.emit("Mul", [base, base])
+    return result
 
 
 def _floordiv(ctx, a, b, dtype):
@@ -219,7 +261,24 @@ _REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "amax": "ReduceMax", "amin"
 @lowers(*_REDUCE)
 def _reduce(ctx, node):
     x = arg(ctx, node, 0, out_dtype(node))
+    if node.op == "sum" and out_dtype(node) == DType.I64:
+        return [_exact_int_sum(ctx, x, node)]
     return [_reduce_to(ctx, _REDUCE[node.op], x, node, node.attrs.dims, node.attrs.keepdim)]
+
+
+def _exact_int_sum(ctx, x, node):
+    """ONNX Runtime's ReduceSum on int64 rounds through double above 2**53 (hashes wrap
+    past it); CumSum is exact and wraps like torch: its last element along each axis."""
+    axes = _axes(node, node.attrs.dims)
+    if not axes:
+        return ctx.emit("Identity", [x])
+    for a in axes:
+        pads = [0] * (2 * len(node.inputs[0].type.shape))
+        pads[a] = 1  # a leading 0 on the axis: an empty axis sums to 0
+        x = ctx.emit("Pad", [x, ctx.ints(pads), ctx.const(0, DType.I64)])
+        x = ctx.emit("CumSum", [x, ctx.const(a, DType.I64)])
+        x = ctx.emit("Slice", [x, ctx.ints([-1]), ctx.ints([2**63 - 1]), ctx.ints([a])])
+    return x if node.attrs.keepdim else ctx.emit("Squeeze", [x, ctx.ints(axes)])
 
 
 @lowers("any", "all")
@@ -255,6 +314,26 @@ def _arg(ctx, node):
 def _softmax(ctx, node):
     op = "Softmax" if node.op == "softmax" else "LogSoftmax"
     return [ctx.emit(op, [arg(ctx, node, 0)], axis=norm_axis(node.attrs.dim, rank(node)))]
+
+
+@lowers("max_pool")
+def _max_pool(ctx, node):
+    # ONNX Runtime's MaxPool has no bf16 kernel: bf16 pools in f32 (exact for a max).
+    a, dt = node.attrs, out_dtype(node)
+    work = dt if dt in (DType.F32, DType.F16, DType.F64) else DType.F32
+    x = arg(ctx, node, 0, work)
+    y = ctx.emit("MaxPool", [x], kernel_shape=list(a.kernel), strides=list(a.stride), pads=list(a.padding) * 2,
+                 dilations=list(a.dilation), ceil_mode=int(a.ceil_mode))
+    return [ctx.cast(y, work, dt)]
+
+
+@lowers("avg_pool")
+def _avg_pool(ctx, node):
+    a = node.attrs
+    # Without padding both counting rules divide by the elements a window covers.
+    include = int(a.count_include_pad and any(a.padding))
+    return [ctx.emit("AveragePool", [arg(ctx, node, 0)], kernel_shape=list(a.kernel), strides=list(a.stride),
+                     pads=list(a.padding) * 2, ceil_mode=int(a.ceil_mode), count_include_pad=include)]
 
 
 @lowers("cumsum")
@@ -370,6 +449,48 @@ def _scatter(ctx, node):
         r = idx_t.rank
         src = ctx.emit("Slice", [src, ctx.ints([0] * r), ctx.shape(idx_t.shape), ctx.ints(list(range(r)))])
     return [ctx.emit("ScatterElements", [arg(ctx, node, 0), arg(ctx, node, 1, DType.I64), src], axis=axis)]
+
+
+_SCATTER_REDUCTION = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min", "mean": "add"}
+
+
+def _scatter_identity(dt: DType, reduce: str):
+    if reduce in ("sum", "mean"):
+        return 0
+    if reduce == "prod":
+        return 1
+    big = float("inf") if dt.is_float else (True if dt == DType.BOOL else torch.iinfo(dt.torch).max)
+    return -big if reduce == "amax" and dt != DType.BOOL else (False if dt == DType.BOOL else big)
+
+
+@lowers("scatter_reduce")
+def _scatter_reduce(ctx, node):
+    """ScatterElements with a reduction. Without x's own values, the positions that receive
+    anything are first reset to the reduction's identity; mean is a sum divided by a count
+    scattered the same way (1 for x's own value when it takes part)."""
+    a, dt = node.attrs, out_dtype(node)
+    axis = norm_axis(a.dim, rank(node))
+    x, index = arg(ctx, node, 0), arg(ctx, node, 1, DType.I64)
+    idx_t, src_t = node.inputs[1].type, node.inputs[2].type
+    src = arg(ctx, node, 2)
+    if not all(dims_equal(p, q) for p, q in zip(idx_t.shape, src_t.shape)):
+        r = idx_t.rank  # torch reads src only where index has elements
+        src = ctx.emit("Slice", [src, ctx.ints([0] * r), ctx.shape(idx_t.shape), ctx.ints(list(range(r)))])
+    index_shape = ctx.shape(idx_t.shape)
+
+    def filled(value, dtype):
+        return ctx.emit("Expand", [ctx.const(value, dtype), index_shape])
+
+    if not a.include_self:
+        x = ctx.emit("ScatterElements", [x, index, filled(_scatter_identity(dt, a.reduce), dt)], axis=axis)
+    out = ctx.emit("ScatterElements", [x, index, src], axis=axis, reduction=_SCATTER_REDUCTION[a.reduce])
+    if a.reduce != "mean":
+        return [out]
+    ones = ctx.emit("Expand", [ctx.const(1, dt), ctx.emit("Shape", [arg(ctx, node, 0)])])
+    if not a.include_self:
+        ones = ctx.emit("ScatterElements", [ones, index, filled(0, dt)], axis=axis)
+    count = ctx.emit("ScatterElements", [ones, index, filled(1, dt)], axis=axis, reduction="add")  # >= 1 everywhere
+    return [ctx.emit("Div", [out, count])]
 
 
 @lowers("index")

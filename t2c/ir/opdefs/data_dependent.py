@@ -4,10 +4,16 @@
                                                             in row-major order (torch.nonzero)
     index_add(x, index, src) {dim=d}   : x's type           x with src's slices added at `index`
                                                             along d, duplicates accumulating
+    data_size(x) {size=n0}             : i64[n0]            arange(x) for a 0-d integer x >= 0: makes the
+                                                            value of x a dim (`n.item()` used as a size)
+    scatter_nd(x, index, src) {accumulate}: x's type        x[index[..., 0], ..., index[..., k-1]] = src
+                                                            (+= when accumulate): ONNX ScatterND
 
 `nonzero` introduces the data-dependent dim named by `size` (`n0`, `n1`, ...:
 see t2c/ir/core.py); later nodes may use it in their types and attrs. It is
-what `torch.where(mask)` and `mask.nonzero()` trace to; `index_add` is
+what `torch.where(mask)` and `mask.nonzero()` trace to (and `x[mask]`, through
+it); `data_size` is what `t.item()` becomes once the value is used as a size
+(a slice end, a reshape); `index_add` is
 `x.index_add_` and `x.index_put_(..., accumulate=True)`, which the expert loops
 of hand-written mixtures of experts use to put each expert's rows back.
 """
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import VerifyError
-from ..core import Dim, DType, SymDim, dims_equal, is_data_dim
+from ..core import Dim, DType, SymDim, TensorType, dims_equal, is_data_dim
 from ..ops import define_op
 from ._infer import norm_axis
 
@@ -74,4 +80,68 @@ define_op(
     IndexAddAttrs,
     verify=_index_add_verify,
     doc="x with each slice of src added at its index along dim (duplicates accumulate)",
+)
+
+
+@dataclass(frozen=True)
+class DataSizeAttrs:
+    size: Dim = SymDim("n0")  # the data-dependent dim this node introduces: the value of x
+
+
+def _data_size_verify(types, a: DataSizeAttrs):
+    if not (isinstance(a.size, SymDim) and is_data_dim(a.size.expr)):
+        raise VerifyError(f"data_size: size must be a fresh data-dependent dim (n0, n1, ...), got {a.size}")
+    x = types[0]
+    if x.rank != 0 or x.dtype.is_float or x.dtype == DType.BOOL:
+        raise VerifyError(f"data_size takes a 0-d integer tensor, got {x}")
+
+
+def _data_size_ref(ctx, a, x):
+    n = int(x)
+    if n < 0:
+        raise ValueError(f"data_size: a size computed from tensor data is negative ({n})")
+    return torch.arange(n, dtype=torch.int64)
+
+
+define_op(
+    "data_size",
+    ("x",),
+    lambda types, a: [TensorType(DType.I64, (a.size,))],
+    _data_size_ref,
+    DataSizeAttrs,
+    verify=_data_size_verify,
+    data_dims=lambda a: ((str(a.size), 0, 0),),
+    doc="arange(x) of a 0-d integer tensor: the value of x becomes the data-dependent dim `size`",
+)
+
+
+@dataclass(frozen=True)
+class ScatterNDAttrs:
+    accumulate: bool = False
+
+
+def _scatter_nd_verify(types, a: ScatterNDAttrs):
+    x, index, src = types
+    if index.rank < 1 or index.dtype.is_float or index.dtype == DType.BOOL:
+        raise VerifyError(f"scatter_nd: index is an integer tensor [..., k], got {index}")
+    k = index.shape[-1]
+    if not isinstance(k, int) or not 1 <= k <= x.rank:
+        raise VerifyError(f"scatter_nd: index's last axis (k) must be a static 1..{x.rank}, got {k}")
+    want = tuple(index.shape[:-1]) + tuple(x.shape[k:])
+    if src.dtype != x.dtype or len(src.shape) != len(want) or not all(dims_equal(s, w) for s, w in zip(src.shape, want)):
+        raise VerifyError(f"scatter_nd: src must be {x.dtype}{[str(d) for d in want]}, got {src}")
+
+
+def _scatter_nd_ref(ctx, a, x, index, src):
+    return x.index_put(tuple(index.unbind(-1)), src, accumulate=a.accumulate)
+
+
+define_op(
+    "scatter_nd",
+    ("x", "index", "src"),
+    lambda types, a: [types[0]],
+    _scatter_nd_ref,
+    ScatterNDAttrs,
+    verify=_scatter_nd_verify,
+    doc="x with src written (or added) at the coordinates index[..., :k] of x's first k dims",
 )

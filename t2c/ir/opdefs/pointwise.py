@@ -34,6 +34,12 @@ _UNARY = {
     "silu": (F.silu, True),
     "floor": (torch.floor, False),
     "ceil": (torch.ceil, False),
+    "round": (torch.round, False),  # half to even, like ONNX Round
+    "sign": (torch.sign, False),
+    "tan": (torch.tan, True),
+    "asin": (torch.asin, True),
+    "acos": (torch.acos, True),
+    "atan": (torch.atan, True),
     "logical_not": (torch.logical_not, None),
 }
 
@@ -81,13 +87,31 @@ class ClampAttrs:
     max: Optional[float] = None
 
 
+def _clamp_ref(ctx, a, x):
+    # Python float bounds would promote an integer x to float in torch; the result keeps x's dtype.
+    lo, hi = a.min, a.max
+    if not x.dtype.is_floating_point:
+        lo, hi = (None if b is None else int(b) for b in (lo, hi))
+    return torch.clamp(x, lo, hi)
+
+
+def _clamp_verify(types, a):
+    from ...errors import VerifyError
+
+    if not types[0].dtype.is_float:
+        for b in (a.min, a.max):
+            if b is not None and b == b and b not in (float("inf"), float("-inf")) and b != int(b):
+                raise VerifyError(f"clamp of an integer tensor needs integral bounds, got {b}")
+
+
 define_op(
     "clamp",
     ("x",),
     lambda types, a: [types[0]],
-    lambda ctx, a, x: torch.clamp(x, a.min, a.max),
+    _clamp_ref,
     ClampAttrs,
-    doc="clamp to [min, max]; either bound may be none",
+    verify=_clamp_verify,
+    doc="clamp to [min, max], keeping x's dtype (integral bounds for integers); either bound may be none",
 )
 
 

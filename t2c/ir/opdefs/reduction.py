@@ -1,4 +1,4 @@
-"""Reductions and scans: sum/mean/max/min/var, argmax, softmax family, cumsum, topk, sort."""
+"""Reductions and scans: sum/mean/max/min/var, argmax, softmax family, cumsum, topk, sort, max_pool."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import Dim, DType, TensorType
+import sympy
+import torch.nn.functional as F
+
+from ...errors import VerifyError
+from ..core import Dim, DType, TensorType, dim_from_sympy, dim_sympy
 from ..ops import define_op
 from ._infer import norm_axis
 
@@ -141,4 +145,93 @@ define_op(
     lambda ctx, a, x: tuple(torch.sort(x, dim=a.dim, descending=a.descending, stable=a.stable)),
     SortAttrs,
     doc="sorted values and their indices",
+)
+
+
+@dataclass(frozen=True)
+class PoolAttrs:
+    """A window per spatial dim (the last len(kernel) dims of an [N, C, *spatial] tensor)."""
+
+    kernel: tuple[int, ...] = (1,)
+    stride: tuple[int, ...] = (1,)
+    padding: tuple[int, ...] = (0,)  # on both sides; padded positions never win the max
+    dilation: tuple[int, ...] = (1,)
+    ceil_mode: bool = False
+
+
+def _pooled(size: Dim, k: int, s: int, p: int, d: int, ceil_mode: bool) -> Dim:
+    span = dim_sympy(size) + 2 * p - d * (k - 1) - 1
+    if not ceil_mode:
+        return dim_from_sympy(sympy.floor(span / s) + 1)
+    out = sympy.floor((span + s - 1) / s) + 1  # the ceiling, written as torch writes it
+    # torch: the last window must start inside the input or its left padding. It starts at
+    # ceiling(span / s) * s <= span + s - 1, inside whenever s + p <= d * (k - 1) + 1.
+    if s + p <= d * (k - 1) + 1:
+        return dim_from_sympy(out)
+    drop = sympy.simplify((out - 1) * s >= dim_sympy(size) + p)
+    if drop not in (sympy.true, sympy.false):
+        raise VerifyError(f"max_pool with ceil_mode over the dynamic dim {size} is not supported")
+    return dim_from_sympy(out - 1 if drop == sympy.true else out)
+
+
+def _pool_infer(types, a):
+    (t,) = types
+    n = len(a.kernel)
+    spatial = t.shape[t.rank - n:]
+    dilation = getattr(a, "dilation", (1,) * n)
+    out = [_pooled(*args, a.ceil_mode) for args in zip(spatial, a.kernel, a.stride, a.padding, dilation)]
+    return [t.with_shape(tuple(t.shape[: t.rank - n]) + tuple(out))]
+
+
+def _pool_verify(types, a):
+    n = len(a.kernel)
+    dilation = getattr(a, "dilation", (1,) * n)
+    if not 1 <= n <= 3 or not all(len(f) == n for f in (a.stride, a.padding, dilation)):
+        raise VerifyError(f"pooling: kernel, stride, padding and dilation need one entry per spatial dim (1 to 3), got {a}")
+    if types[0].rank != n + 2:
+        raise VerifyError(f"pooling over {n} dims takes an [N, C, *spatial] tensor of rank {n + 2}, got {types[0]}")
+    if min(a.kernel + a.stride + dilation) < 1 or min(a.padding) < 0 or any(2 * p > k for p, k in zip(a.padding, a.kernel)):
+        raise VerifyError(f"pooling: sizes must be positive and padding at most half the kernel, got {a}")
+    if not types[0].dtype.is_float:
+        raise VerifyError(f"pooling takes a floating-point tensor, got {types[0]}")
+
+
+def _pool_ref(ctx, a: PoolAttrs, x):
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(a.kernel) - 1]
+    return fn(x, a.kernel, a.stride, a.padding, a.dilation, ceil_mode=a.ceil_mode)
+
+
+define_op(
+    "max_pool",
+    ("x",),
+    _pool_infer,
+    _pool_ref,
+    PoolAttrs,
+    verify=_pool_verify,
+    doc="max over sliding windows of the spatial dims (torch's max_pool1d/2d/3d)",
+)
+
+
+@dataclass(frozen=True)
+class AvgPoolAttrs:
+    kernel: tuple[int, ...] = (1,)
+    stride: tuple[int, ...] = (1,)
+    padding: tuple[int, ...] = (0,)
+    ceil_mode: bool = False
+    count_include_pad: bool = True  # padded positions count in the divisor (windows past the padding never do)
+
+
+def _avg_pool_ref(ctx, a: AvgPoolAttrs, x):
+    fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[len(a.kernel) - 1]
+    return fn(x, a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad)
+
+
+define_op(
+    "avg_pool",
+    ("x",),
+    _pool_infer,
+    _avg_pool_ref,
+    AvgPoolAttrs,
+    verify=_pool_verify,
+    doc="mean over sliding windows of the spatial dims (torch's avg_pool1d/2d/3d)",
 )

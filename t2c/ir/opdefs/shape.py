@@ -317,3 +317,32 @@ define_op(
     AxisAttrs,
     doc="torch.scatter along dim: x with src written at index",
 )
+
+
+@dataclass(frozen=True)
+class ScatterReduceAttrs:
+    dim: int = 0
+    reduce: str = "sum"  # sum, prod, mean, amax, amin
+    include_self: bool = True
+
+
+SCATTER_REDUCTIONS = ("sum", "prod", "mean", "amax", "amin")
+
+
+def _scatter_reduce_verify(types, a: ScatterReduceAttrs):
+    x, index, src = types
+    if a.reduce not in SCATTER_REDUCTIONS:
+        raise VerifyError(f"scatter_reduce: reduce must be one of {SCATTER_REDUCTIONS}, got {a.reduce!r}")
+    if index.dtype.is_float or index.rank != x.rank or src.rank != x.rank or src.dtype != x.dtype:
+        raise VerifyError(f"scatter_reduce: index (integer) and src ({x.dtype}) must have x's rank, got {index}, {src}")
+
+
+define_op(
+    "scatter_reduce",
+    ("x", "index", "src"),
+    lambda types, a: [types[0]],
+    lambda ctx, a, x, i, s: torch.scatter_reduce(x, a.dim, i, s, a.reduce, include_self=a.include_self),
+    ScatterReduceAttrs,
+    verify=_scatter_reduce_verify,
+    doc="torch.scatter_reduce along dim: src reduced into x at index (sum, prod, mean, amax, amin; with or without x's own values)",
+)
