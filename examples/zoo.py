@@ -127,9 +127,76 @@ VARIANTS = {
 }
 
 
+def _pixels(batch: int, size: int, channels: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"pixel_values": torch.randn(batch, channels, size, size, generator=g)}
+
+
+def vit(batch: int = 2, image_size: int = 32):
+    """ViT: a strided conv2d patch embedding (4x4 patches of a 32x32 image), a class token, learned positions, a pooler."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=image_size, patch_size=4)
+    return _finish(transformers.ViTModel(cfg)), _pixels(batch, image_size)
+
+
+def clip_vision(batch: int = 2, image_size: int = 32):
+    """CLIP's vision tower: a bias-free conv2d patch embedding, class token, pre-LayerNorm, quick-GELU."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.CLIPVisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=image_size, patch_size=4)
+    return _finish(transformers.CLIPVisionModel(cfg)), _pixels(batch, image_size)
+
+
+def _encoder_decoder_ids(batch: int, seq: int, decoder_seq: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"input_ids": torch.randint(0, VOCAB, (batch, seq), generator=g),
+            "decoder_input_ids": torch.randint(0, VOCAB, (batch, decoder_seq), generator=g)}
+
+
+def bart(batch: int = 2, seq: int = 16, decoder_seq: int = 8):
+    """BART: encoder (bidirectional) and decoder (causal self-attention, cross-attention), learned positions."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BartConfig(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                                  encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=512)
+    return _finish(transformers.BartForConditionalGeneration(cfg)), _encoder_decoder_ids(batch, seq, decoder_seq)
+
+
+def t5(batch: int = 2, seq: int = 16, decoder_seq: int = 8):
+    """T5: RMS-style LayerNorm, relative position buckets as an attention bias, unscaled attention, cross-attention."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0)
+    return _finish(transformers.T5ForConditionalGeneration(cfg)), _encoder_decoder_ids(batch, seq, decoder_seq)
+
+
+def whisper(batch: int = 2, decoder_seq: int = 8):
+    """Whisper: two conv1d (the second strided) over 16 mel bins x 60 frames, an encoder of 30 positions, a text decoder."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.WhisperConfig(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                                     encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16, max_source_positions=30, max_target_positions=64,
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, suppress_tokens=None, begin_suppress_tokens=None)
+    g = torch.Generator().manual_seed(1)
+    inputs = {"input_features": torch.randn(batch, 16, 60, generator=g), "decoder_input_ids": torch.randint(0, VOCAB, (batch, decoder_seq), generator=g)}
+    return _finish(transformers.WhisperForConditionalGeneration(cfg)), inputs
+
+
+# Models whose inputs are not token ids alone: vision encoders (`pixel_values`, only the batch is
+# dynamic) and encoder-decoders (`input_ids` + `decoder_input_ids`, Whisper `input_features`).
+VISION = {"vit": vit, "clip_vision": clip_vision}
+ENCODER_DECODER = {"bart": bart, "t5": t5, "whisper": whisper}
+
+
 def build(name: str, **kwargs):
-    """(model, example_inputs) of any zoo model, the example, or a variant, by name."""
-    builders = {**ZOO, "example": example, **VARIANTS}
+    """(model, example_inputs) of any zoo model, the example, a variant, a vision encoder or an encoder-decoder, by name."""
+    builders = {**ZOO, "example": example, **VARIANTS, **VISION, **ENCODER_DECODER}
     if name not in builders:
         raise KeyError(f"no zoo model {name!r}; choose one of {', '.join(builders)}")
     return builders[name](**kwargs)

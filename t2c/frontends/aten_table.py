@@ -747,3 +747,6 @@ def _sort(conv, x, *args, **kwargs):
         descending = args[1] if len(args) > 1 else kwargs.get("descending", False)
         stable = False
     return conv.emit_multi("sort", [v], SortAttrs(dim % v.type.rank, bool(descending), bool(stable)))
+
+
+from . import aten_conv  # noqa: E402,F401  (its conversions join this table; imported last: it imports `conversion` from here)

@@ -60,6 +60,7 @@ INPUT_HINT = "pass --input NAME=SHAPE[:DTYPE], e.g. --input input_ids=1x128:i64"
 FACTORY_HINT = "pass a module:function factory or an HF folder"
 MAX_MESSAGE = 300
 DEFAULT_SEQ_LEN = 128
+DEFAULT_DECODER_LEN = 16  # an encoder-decoder's default decoder_input_ids length
 SPEC_INT_HIGH = 100  # random ids stay small so they are valid for any vocabulary
 SEED = 0  # example inputs are reproducible from run to run
 
@@ -167,20 +168,36 @@ class LoadedModel:
     exported: object | None = None
 
 
-def default_dynamic_dims(example_inputs: dict[str, Any]) -> dict[str, dict[int, str]]:
-    """Axis 0 is "batch" and axis 1 is "seq" for every tensor input of rank >= 2.
+# Inputs whose axis 1 is not a sequence: images [B, C, H, W] (and their masks [B, H, W]),
+# audio features [B, n_mels, frames] (Whisper's encoder needs exactly its frame count).
+BATCH_ONLY_INPUTS = ("pixel_values", "pixel_mask", "input_features", "image", "images")
 
-    Size-1 example dims of such inputs qualify too: torch.export would specialise
-    them, so the frontend repeats those examples to size 2 before tracing. A
-    rank-1 input is batch-major only when its example says so (size >= 2): a
-    size-1 vector is more likely a per-model scale than a batch of one.
+
+def default_dynamic_dims(example_inputs: dict[str, Any]) -> dict[str, dict[int, str]]:
+    """Which axes of each input are dynamic, and under which label.
+
+    - rank 2 and 3: axis 0 is "batch" and axis 1 "seq" (token ids, masks,
+      embeddings [B, S, H]); inputs named `decoder_*` (an encoder-decoder's
+      decoder side) take "decoder_seq" instead, a length of their own;
+    - rank >= 4, and inputs named like images or audio features
+      (BATCH_ONLY_INPUTS: `pixel_values` [B, C, H, W], `input_features`
+      [B, n_mels, frames]): axis 0 only; their other axes are channels and
+      sizes the weights fix (a patch grid matched to a position table);
+    - rank 1: "batch" only when its example says so (size >= 2): a size-1
+      vector is more likely a per-model scale than a batch of one.
+
+    Size-1 example dims of dynamic axes qualify too: torch.export would
+    specialise them, so the frontend repeats those examples to size 2 before
+    tracing.
     """
     dims: dict[str, dict[int, str]] = {}
     for name, value in example_inputs.items():
         if not isinstance(value, torch.Tensor):
             continue
-        if value.dim() >= 2:
-            axes = {0: "batch", 1: "seq"}
+        if value.dim() >= 4 or (value.dim() >= 2 and name in BATCH_ONLY_INPUTS):
+            axes = {0: "batch"}
+        elif value.dim() >= 2:
+            axes = {0: "batch", 1: "decoder_seq" if name.startswith("decoder_") else "seq"}
         elif value.dim() == 1 and value.shape[0] >= 2:
             axes = {0: "batch"}
         else:
@@ -334,7 +351,7 @@ def _load_hf_folder(source: str, folder: Path, trust: bool,
                 use_safetensors=use_safetensors)
     except Exception as exc:
         raise _fail(f"{source}: cannot load {model_class.__name__}: {_describe(exc)}") from exc
-    examples = _hf_examples(source, config, inputs)
+    examples = _hf_examples(source, config, inputs, model)
     return _finish(model, name_examples(model, examples, source), source, "hf",
                    hf_config=config)
 
@@ -393,22 +410,77 @@ def _quiet_hf_progress(transformers: Any) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _hf_examples(source: str, config: Any,
-                 inputs: list[InputSpec] | None) -> dict[str, torch.Tensor]:
-    """`inputs` specs if given, else `input_ids` of 1 x 128 random token ids."""
+def _hf_examples(source: str, config: Any, inputs: list[InputSpec] | None,
+                 model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """`inputs` specs if given, else default inputs for what the model's forward takes.
+
+    - `input_ids` of 1 x 128 random token ids (fewer when the position table is shorter);
+    - an encoder-decoder (forward takes `decoder_input_ids`, `config.is_encoder_decoder`):
+      also `decoder_input_ids` of 1 x 16;
+    - a vision encoder (forward takes `pixel_values`, no `input_ids`): `pixel_values`
+      1 x num_channels x image_size x image_size from the (vision) config;
+    - a speech encoder-decoder (forward takes `input_features`, no `input_ids`, the config
+      gives `num_mel_bins` and `max_source_positions`, Whisper-style): `input_features`
+      1 x num_mel_bins x (2 * max_source_positions), the frames its conv front end halves.
+    Anything else needs `--input`.
+    """
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     vocab_size = getattr(text_config, "vocab_size", None)
     if inputs:
         return _examples_from_specs(inputs, min(vocab_size or SPEC_INT_HIGH, SPEC_INT_HIGH))
-    if not vocab_size:
-        raise _fail(f"{source}: the config has no vocab_size to make example token ids; "
-                    f"{INPUT_HINT}")
-    # Tiny test models may have fewer than 128 positions.
-    max_positions = getattr(text_config, "max_position_embeddings", None) or DEFAULT_SEQ_LEN
-    seq_len = min(DEFAULT_SEQ_LEN, max_positions)
+    params = set(_forward_params(model)[0]) if model is not None else {"input_ids"}
     generator = torch.Generator().manual_seed(SEED)
-    ids = torch.randint(0, vocab_size, (1, seq_len), generator=generator, dtype=torch.int64)
-    return {"input_ids": ids}
+    examples: dict[str, torch.Tensor] = {}
+    if "input_ids" not in params and "pixel_values" in params:
+        examples["pixel_values"] = _hf_pixel_values(source, config, generator)
+    elif "input_ids" not in params and "input_features" in params:
+        examples["input_features"] = _hf_input_features(source, config, generator)
+    elif "input_ids" in params or model is None:
+        if not vocab_size:
+            raise _fail(f"{source}: the config has no vocab_size to make example token ids; "
+                        f"{INPUT_HINT}")
+        # Tiny test models may have fewer than 128 positions.
+        max_positions = getattr(text_config, "max_position_embeddings", None) or DEFAULT_SEQ_LEN
+        seq_len = min(DEFAULT_SEQ_LEN, max_positions)
+        examples["input_ids"] = torch.randint(0, vocab_size, (1, seq_len), generator=generator, dtype=torch.int64)
+    else:
+        raise _fail(f"{source}: t2c has no default inputs for {type(model).__name__} "
+                    f"(forward takes {', '.join(sorted(params)[:6])}, ...); {INPUT_HINT}")
+    if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False):
+        if not vocab_size:
+            raise _fail(f"{source}: the config has no vocab_size to make example decoder ids; "
+                        f"{INPUT_HINT}")
+        limit = getattr(config, "max_target_positions", None) or getattr(text_config, "max_position_embeddings", None)
+        dec_len = min(DEFAULT_DECODER_LEN, limit or DEFAULT_DECODER_LEN)
+        examples["decoder_input_ids"] = torch.randint(0, vocab_size, (1, dec_len), generator=generator, dtype=torch.int64)
+    return examples
+
+
+def _sub_config(config: Any, name: str) -> Any:
+    sub = getattr(config, name, None)
+    return sub if sub is not None and not isinstance(sub, dict) else config
+
+
+def _hf_pixel_values(source: str, config: Any, generator: torch.Generator) -> torch.Tensor:
+    vision = _sub_config(config, "vision_config")
+    size = getattr(vision, "image_size", None)
+    if isinstance(size, dict):  # {"height": h, "width": w}
+        size = (size.get("height"), size.get("width"))
+    h, w = (size, size) if isinstance(size, int) else tuple(size or (None, None))[:2]
+    if not (isinstance(h, int) and isinstance(w, int)):
+        raise _fail(f"{source}: the config gives no image_size for example pixel_values; "
+                    f"pass --input pixel_values=1x3xHxW")
+    channels = getattr(vision, "num_channels", None) or 3
+    return torch.randn((1, channels, h, w), generator=generator)
+
+
+def _hf_input_features(source: str, config: Any, generator: torch.Generator) -> torch.Tensor:
+    mels = getattr(config, "num_mel_bins", None)
+    positions = getattr(config, "max_source_positions", None)
+    if not (isinstance(mels, int) and isinstance(positions, int)):
+        raise _fail(f"{source}: t2c cannot tell the shape of input_features from the config; "
+                    f"pass --input input_features=1xFEATURESxFRAMES")
+    return torch.randn((1, mels, 2 * positions), generator=generator)
 
 
 # --------------------------------------------------------------------------- .pt2 archives

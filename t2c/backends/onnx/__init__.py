@@ -12,6 +12,7 @@ Files, one concept each:
     experts.py            `experts` dense or sparse (grouped by expert)
     quant.py              the int8 ops `qlinear` and `qembedding` (qexperts.py: `qexperts`)
     data_dependent.py     `nonzero` (a data-dependent row count) and `index_add`
+    conv.py               `conv` (Conv; half precision computed in float32)
     rope.py, norms.py, activations.py   the other semantic ops
     flavors.py            flavors as overlays on the table; ort_attention.py, ort_experts.py and ort_fusions.py fill `ort`'s
     context.py            tensor names, initializers, run-time dims
@@ -33,7 +34,7 @@ from ..registry import Backend, option, register_backend
 from .context import LoweringError
 from .flavors import FLAVORS
 from .lowering import LOWERINGS, check_complete, lowers
-from . import activations, attention, blocked_attention, data_dependent, experts, linear_attention, norms, qexperts, quant, rope  # noqa: E402,F401  (their @lowers entries join the table)
+from . import activations, attention, blocked_attention, conv, data_dependent, experts, linear_attention, norms, qexperts, quant, rope  # noqa: E402,F401  (their @lowers entries join the table)
 from . import ort_attention, ort_experts, ort_fusions  # noqa: E402,F401  (the ort overlay)
 from .model import MIN_OPSET, build_model
 from .runtime import OnnxSession

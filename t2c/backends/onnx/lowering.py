@@ -530,12 +530,15 @@ def _trilu(ctx, node):
 
 @lowers("pad")
 def _pad(ctx, node):
+    # Pads for every axis, no `axes` input: ONNX Runtime's transpose optimizer (which moves
+    # transposes through Pad when it lays a Conv out as NHWC) permutes `pads` as if it had
+    # 2 * rank entries, and reads past the end of a shorter one.
     r, pads = rank(node), node.attrs.pads
-    n = len(pads) // 2
-    axes = [r - 1 - k for k in range(n)]
-    lo_hi = [pads[2 * k] for k in range(n)] + [pads[2 * k + 1] for k in range(n)]
+    lo, hi = [0] * r, [0] * r
+    for k in range(len(pads) // 2):
+        lo[r - 1 - k], hi[r - 1 - k] = pads[2 * k], pads[2 * k + 1]
     value = ctx.const(node.attrs.value, out_dtype(node))
-    return [ctx.emit("Pad", [arg(ctx, node, 0), ctx.shape(lo_hi), value, ctx.ints(axes)], mode="constant")]
+    return [ctx.emit("Pad", [arg(ctx, node, 0), ctx.shape(lo + hi), value], mode="constant")]
 
 
 @lowers("repeat")

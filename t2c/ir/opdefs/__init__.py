@@ -1,3 +1,3 @@
 """Declarations of every IR op, grouped by family. Importing this registers them."""
 
-from . import activation, add_norm, attention, creation, data_dependent, experts, nn, pointwise, quant, reduction, rope, shape  # noqa: F401
+from . import activation, add_norm, attention, conv, creation, data_dependent, experts, nn, pointwise, quant, reduction, rope, shape  # noqa: F401
