@@ -30,7 +30,14 @@ class CompiledModel:
         self.runner = runner
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.runner(*args, **kwargs)
+        # Float inputs are cast to the dtypes the artifact takes: a float16 compile (--dtype) of a
+        # vision model takes float16 pixel_values, and its caller may hold float32 ones.
+        from .precision import graph_inputs
+
+        names = [v.name for v in self.graph.inputs]
+        positional = graph_inputs(self.graph, dict(zip(names, args)))
+        args = tuple(positional.get(n, a) for n, a in zip(names, args)) + args[len(names):]
+        return self.runner(*args, **graph_inputs(self.graph, kwargs))
 
     @property
     def ok(self) -> bool | None:
@@ -54,6 +61,7 @@ def compile(
     min_sqnr: float | None = None,
     min_token_agreement: float | None = None,
     calibrate: str | None = None,
+    dtype: str | None = None,
     dynamic_dims: dict[str, dict[int, str]] | None = None,
     **target_options: Any,
 ) -> CompiledModel:
@@ -62,7 +70,9 @@ def compile(
     `target_options` are the target's own (for onnx: `flavor="ort"`, `opset=24`).
     `min_cosine`, `min_sqnr`, `min_token_agreement` override the drift limits of approximate
     passes (their defaults: `Pass.drift_bar`); `calibrate` is a calibration file for
-    quantize-int8's SmoothQuant (`t2c compile --calibrate`).
+    quantize-int8's SmoothQuant (`t2c compile --calibrate`). `dtype` ("float32",
+    "float16", "bfloat16") is what the artifact computes in (`t2c compile --dtype`);
+    None keeps the model's dtype where the target runs it, else float32.
     Writes the artifact folder to `out` (a new temporary folder when None) and
     returns a callable `CompiledModel`. Raises `ValidationError` when the
     artifact does not reproduce the model, `UserError` for bad input.
@@ -74,7 +84,7 @@ def compile(
     options = CompileOptions(
         pipeline=Pipeline.from_spec(passes), target=target, target_options=target_options,
         static=static, validate=validate, max_drift=max_drift,
-        min_cosine=min_cosine, min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate,
+        min_cosine=min_cosine, min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate, dtype=dtype,
     )
     options.check()
     out_dir = out or tempfile.mkdtemp(prefix="t2c-")

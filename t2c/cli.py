@@ -122,7 +122,9 @@ def target_options(fn):
 @click.option("--min-token-agreement", type=float, default=None, help="Fail when an approximate pass changes more next tokens of `logits` than this fraction allows (int8 default: 0.9).")
 @click.option("--calibrate", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Calibration inputs for quantize-int8's SmoothQuant: a .pt of token-id tensors (or dicts of inputs), or a text file of ids, one sequence a line.")
-def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model, no_validate, max_drift, min_cosine, min_sqnr, min_token_agreement, calibrate, **given) -> None:
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="Compute in this dtype (cast-precision: norms, softmax and reductions accumulate in float32). Default: the checkpoint's where the target runs it, else float32.")
+def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model, no_validate, max_drift, min_cosine, min_sqnr, min_token_agreement, calibrate, dtype, **given) -> None:
     """Compile MODEL to a validated artifact in OUT (the target's files, model.t2c, report.json, report.html)."""
     from .compiler import CompileOptions, compile_loaded
     from .frontends.loaders import InputSpec, load_model
@@ -131,7 +133,7 @@ def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model
         pipeline=_pipeline(pipeline) if pipeline else _pipeline(level),
         target=target, target_options={k.removeprefix("target_"): v for k, v in given.items() if v is not None},
         static=static, validate=not no_validate, max_drift=max_drift,
-        min_cosine=min_cosine, min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate,
+        min_cosine=min_cosine, min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate, dtype=dtype,
     )
     options.check()
     out_dir = out_dir or _default_out(model)
@@ -164,11 +166,14 @@ def summary_lines(report: dict, out_dir: str) -> str:
 
         d = drift_summary(report["passes"][-1])
         tokens = f", next-token agreement {d['argmax_agreement']:.1%}, KL {d['kl']:.2g}" if "argmax_agreement" in d else ""
-        lines.append(f"  drift from eager after approximate passes: max abs {d['max_abs']:.3g}, cosine {d['cosine']:.6f}{tokens}")
+        reference = "eager" if "precision" not in report else f"eager {report['precision'].get('primary', '')}".rstrip()
+        lines.append(f"  drift from {reference} after approximate passes: max abs {d['max_abs']:.3g}, cosine {d['cosine']:.6f}{tokens}")
         worst = [w for p in report["passes"] for w in p.get("worst_layers", [])]
         if worst:
             worst = sorted(worst, key=lambda w: float(w["sqnr_db"]))[:3]
             lines.append("  lowest layer SQNR: " + ", ".join(f"{w['layer']} {float(w['sqnr_db']):.1f} dB" for w in worst))
+    if report.get("precision"):
+        lines.extend("  " + line for line in precision_lines(report["precision"]))
     for warning in report.get("warnings", []):
         lines.append(f"  warning: {warning}")
     v = report["validation"]
@@ -191,6 +196,24 @@ def summary_lines(report: dict, out_dir: str) -> str:
         lines.append(f"  validation {'OK' if v['ok'] else 'FAILED'} at {shapes}: {errs}")
     lines.append(f"  report: {os.path.join(out_dir, 'report.html')}")
     return "\n".join(lines)
+
+
+def precision_lines(precision: dict) -> list[str]:
+    """The dtype the artifact computes in and why; its error against the eager model in each dtype measured."""
+    ckpt, dtype = precision["checkpoint"], precision["dtype"]
+    head = f"dtype: {dtype}" if ckpt == dtype else f"dtype: {ckpt} checkpoint compiled as {dtype}"
+    lines = [f"{head}: {precision['reason']}"]
+    refs = []
+    for ref in precision.get("references", []):
+        outs = [o for c in ref["checks"] for o in c["outputs"]]
+        if outs:
+            err = max(float(o["max_abs"]) for o in outs)
+            cos = min(float(o["cosine"]) for o in outs)
+            who = f"{ref['dtype']} (the checkpoint)" if ref["dtype"] == ckpt else ref["dtype"]
+            refs.append(f"{who} max abs {err:.2g}, cosine {cos:.6f}")
+    if refs:
+        lines.append("artifact vs eager " + "; ".join(refs))
+    return lines
 
 
 @cli.command()

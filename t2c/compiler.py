@@ -34,6 +34,8 @@ from .ir import Graph, print_graph, run_graph, verify
 from .drift import layer_drift, run_layers, worst_layers
 from .passes.calibration import Calibration, calibrating, load_calibration
 from .passes.manager import Pipeline
+from .precision import Precision, choose as choose_precision, graph_inputs, inputs_in, module_in
+from .precision import NAMES as _DTYPE_NAMES
 from .validate import DriftBar, OutputComparison, compare_all, noisy_artifact, second_shape_candidates, shape_label, worst
 
 @dataclass
@@ -51,6 +53,7 @@ class CompileOptions:
     min_sqnr: float | None = None
     min_token_agreement: float | None = None
     calibrate: str | None = None  # calibration inputs for passes that measure activations (passes/calibration.py)
+    dtype: str | None = None  # float32 | float16 | bfloat16; None: the checkpoint's where the target runs it (precision.py)
 
     @property
     def backend(self) -> Backend:
@@ -139,7 +142,15 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
     report["op_counts"] = {"traced": graph.op_counts()}
     report["node_count"] = {"traced": len(graph.nodes)}
 
+    # precision: the checkpoint's dtype where the target computes it, else float32 (or --dtype);
+    # a conversion is one more pass, cast-precision, placed where the graph is widest.
+    precision = choose_precision(graph, options.pipeline, backend, options.dtype, options.validate)
+    options = dataclasses.replace(options, pipeline=precision.place(options.pipeline))
+    report["pipeline"] = str(options.pipeline)
+    report["precision"] = precision.as_json()
+
     shapes, eager = [examples], []
+    references: dict[str, list] = {}
     if options.validate:
         eager.append(eager_outputs(module, examples))
         second = _second_shape(module, graph, examples) if graph.symbols() else None
@@ -149,6 +160,8 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
         elif second is not None:
             shapes.append(second[0])
             eager.append(second[1])
+        references = _eager_references(module, precision, shapes, eager, report)
+        eager = references.get(str(precision.primary), eager)
 
     calibration = Calibration(load_calibration(options.calibrate, graph), source=options.calibrate) if options.calibrate else Calibration()
     with _stage(report, "passes", progress), calibrating(calibration):
@@ -171,9 +184,11 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
         if options.validate:
             with _stage(report, "validate", progress):
                 runner = backend.load(tmp, target_options)
-                report["validation"] = _validate_artifact(runner, graph, shapes, options, report["passes"])
+                report["validation"] = _validate_artifact(runner, graph, shapes, options, report["passes"], precision, references)
         else:
             report["validation"] = {"ok": None, "skipped": True}
+        if "vs_eager_dtypes" in report["validation"]:
+            report["precision"]["references"] = report["validation"].pop("vs_eager_dtypes")
         _write_reports(report, tmp)
         validation = report["validation"]
         if options.validate and not validation["ok"]:
@@ -223,21 +238,50 @@ def _run_ir(graph: Graph, shapes, probe: bool):
     """(outputs per shape, layer results per shape or None, layer ops) from the interpreter."""
     if not shapes:
         return [], None, {}
+    shapes = [graph_inputs(graph, inp) for inp in shapes]  # float inputs in the dtypes the graph now takes
     if not probe:
         return [run_graph(graph, inp) for inp in shapes], None, {}
     return run_layers(graph, shapes)
 
 
-def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pass_records) -> dict:
-    """Artifact vs interpreter at every shape, plus the exactness of exact passes vs eager."""
+def _eager_references(module, precision: Precision, shapes, eager, report: dict) -> dict[str, list]:
+    """{IR dtype name: eager outputs per shape} for each dtype precision.references() names.
+
+    The checkpoint's is the model as loaded; the others run a copy converted with
+    `module.to(dtype)` (float inputs converted alike). A reference the model cannot
+    run in is left out, with a warning.
+    """
+    out = {str(precision.checkpoint): eager}
+    for dtype in precision.references()[1:]:
+        try:
+            copy = module_in(module, dtype)
+            out[str(dtype)] = [eager_outputs(copy, inputs_in(inp, dtype)) for inp in shapes]
+            del copy
+        except Exception as e:  # noqa: BLE001 - a reference is extra information, never the validation itself
+            report.setdefault("warnings", []).append(f"no eager {dtype_name(str(dtype))} reference: the model did not run in {dtype_name(str(dtype))} ({type(e).__name__}: {str(e)[:120]})")
+    return out
+
+
+def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pass_records,
+                       precision: Precision | None = None, references: dict | None = None) -> dict:
+    """Artifact vs interpreter at every shape, plus the exactness of exact passes vs eager.
+
+    With eager references in several dtypes (precision.py), the artifact's outputs are also
+    compared with each of them (`precision.references` in the report): measured, not judged;
+    the judged drift is the passes' against the primary reference.
+    """
     checks = []
     all_comparisons: list[OutputComparison] = []
     # Dynamically quantized activations: one float rounding difference upstream flips one
     # activation's rounding and the difference grows into quantization noise, so the artifact
     # is held to the approximate bar (cosine) instead of float tolerance (validate.noisy_artifact).
     noisy = noisy_artifact(graph, options.drift_bar(None))
+    artifact_outputs = []
     for inp in shapes:
-        comparisons = compare_all(runner(**inp), run_graph(graph, inp))
+        inp = graph_inputs(graph, inp)
+        got = runner(**inp)
+        artifact_outputs.append(got)
+        comparisons = compare_all(got, run_graph(graph, inp))
         if noisy is not None:
             comparisons = [noisy.judge(c) for c in comparisons]
         all_comparisons += comparisons
@@ -255,7 +299,20 @@ def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pa
     result = {"ok": ok and drift_ok, "summary": summary, "artifact_vs_ir": checks, "max_drift": options.max_drift}
     if noisy is not None:
         result["artifact_policy"] = noisy.describe()
+    if precision is not None and references and len(references) > 1:
+        result["vs_eager_dtypes"] = [
+            {"reference": f"eager {dtype_name(dtype)}" + (" (the checkpoint)" if dtype == str(precision.checkpoint) else ""),
+             "dtype": dtype_name(dtype), "primary": dtype == str(precision.primary),
+             "checks": [{"shape": shape_label(inp), "outputs": [c.as_json() for c in compare_all(got, want)]}
+                        for inp, got, want in zip(shapes, artifact_outputs, outs)]}
+            for dtype, outs in references.items()
+        ]
     return result
+
+
+def dtype_name(ir_name: str) -> str:
+    """float32 for f32: the names `--dtype` takes."""
+    return next((n for d, n in _DTYPE_NAMES.items() if str(d) == ir_name), ir_name)
 
 
 def _judge_drift(pass_records, options: "CompileOptions") -> tuple[bool, str]:

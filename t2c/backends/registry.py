@@ -49,13 +49,22 @@ class Backend:
 
     Class attributes: `name` (the `--target` value), `artifact` (the file a
     summary names), `Options` (a frozen dataclass of the target's options; its
-    `__post_init__` raises UserError on bad values), `doc` (one line).
+    `__post_init__` raises UserError on bad values), `doc` (one line),
+    `float_dtypes` (the float dtypes its runtime computes, IR names; a checkpoint in
+    another is compiled as float32 unless `--dtype` says otherwise) and
+    `missing_dtypes` (why each other one is missing, for messages and the report).
     """
 
     name: ClassVar[str] = ""
     artifact: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     doc: ClassVar[str] = ""
+    float_dtypes: ClassVar[tuple[str, ...]] = ("f32", "f16", "bf16")
+    missing_dtypes: ClassVar[dict[str, str]] = {}
+
+    def missing_dtype_reason(self, dtype: str) -> str:
+        """Why this target does not compute `dtype` (an IR dtype name), in a few words."""
+        return self.missing_dtypes.get(dtype, f"target {self.name} does not compute {dtype}")
 
     def lower(self, graph: Graph, options: Any) -> Any:
         """The artifact for `graph` (in memory); raises UserError for graphs the target cannot take."""

@@ -85,7 +85,9 @@ class Pass:
     options whose natural name is a Python keyword, e.g. `{"global": "global_tokens"}`),
     `drift_bar` (approximate passes: the default limits the compile judges their
     drift from eager by, `min_cosine` / `min_sqnr` / `min_token_agreement`; the
-    user's flags override them; empty: measured, judged only against the user's).
+    user's flags override them; empty: measured, judged only against the user's),
+    `needs_float32` (the pass works on float32 weights only: the compile then keeps
+    or makes the graph float32, t2c/precision.py).
     """
 
     name: ClassVar[str] = ""
@@ -93,6 +95,7 @@ class Pass:
     after: ClassVar[tuple[str, ...]] = ()
     option_aliases: ClassVar[dict[str, str]] = {}
     drift_bar: ClassVar[dict[str, float]] = {}
+    needs_float32: ClassVar[bool] = False
 
     def run(self, graph: Graph) -> PassResult:
         raise NotImplementedError

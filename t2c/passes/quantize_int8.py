@@ -288,6 +288,7 @@ class QuantizeInt8(Pass):
     # Outputs within 0.99 cosine of eager, no layer's noise above a tenth of its signal
     # (10 dB), nine next tokens in ten unchanged: what the compile holds int8 to by default.
     drift_bar = {"min_cosine": 0.99, "min_sqnr": 10.0, "min_token_agreement": 0.9}
+    needs_float32 = True  # a half checkpoint is compiled as float32 when this pass is in the pipeline
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

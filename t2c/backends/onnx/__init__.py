@@ -91,6 +91,10 @@ class OnnxBackend(Backend):
     artifact = "model.onnx"
     Options = OnnxOptions
     doc = "an ONNX model (opset 23+) for ONNX Runtime or any ONNX runtime"
+    # ONNX Runtime's CPU provider (what t2c validates on) has float16 kernels or inserts casts to
+    # float32 around the ops that lack them; bfloat16 it can only move (Transpose, Identity, Cast).
+    float_dtypes = ("f32", "f16")
+    missing_dtypes = {"bf16": "ONNX Runtime's CPU provider has no bfloat16 arithmetic kernels (Add, Mul, MatMul, ...)"}
 
     def lower(self, graph: Graph, options: OnnxOptions) -> onnx.ModelProto:
         return lower(graph, opset=options.opset, flavor=options.flavor)
