@@ -190,6 +190,18 @@ def _expm1(conv, x):
     return conv.emit("sub", [conv.emit("exp", [v]), conv.scalar(1.0, v)])
 
 
+@conversion(aten.elu.default)
+def _elu(conv, x, alpha=1.0, scale=1.0, input_scale=1.0):
+    """scale * x where x > 0, else alpha * scale * (exp(input_scale * x) - 1), as ATen (exp - 1: see expm1)."""
+    v = conv.value(x)
+    neg = conv.emit("mul", [v, conv.scalar(float(input_scale), v)]) if input_scale != 1 else v
+    neg = conv.emit("sub", [conv.emit("exp", [neg]), conv.scalar(1.0, v)])
+    if alpha * scale != 1:
+        neg = conv.emit("mul", [neg, conv.scalar(float(alpha * scale), v)])
+    pos = conv.emit("mul", [v, conv.scalar(float(scale), v)]) if scale != 1 else v
+    return conv.emit("where", [conv.emit("gt", [v, conv.scalar(0.0, v)]), pos, neg])
+
+
 @conversion(aten.bitwise_not.default)
 def _bitwise_not(conv, x):
     v = conv.value(x)

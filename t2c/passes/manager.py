@@ -41,9 +41,11 @@ _CLEANUP = ("fold-shapes", "cse", "dce")  # fold first: it leaves duplicate cons
 # `weights[..., None]`), it must see each expert's FFN as linear / act / linear before
 # fuse-activation fuses those into gated_act / bias_act, and lifting first takes the
 # expert loop's data-dependent dims (nonzero, per-expert rows) out of every later pass's way.
+# lift-linear-attention next to lift-attention: hand-written linear attention (elu + 1
+# feature maps, products, a normaliser) becomes one op before the fusions see its pieces.
 # sparsify-moe last among the rewrites: each expert on its own tokens, measured faster than
 # the dense form at every size benchmarks/moe.py runs (E 8-64, k 1-8, 512-8192 tokens).
-_EXACT = ("fold-shapes", "cse", "lift-moe", "lift-attention", "fuse-rope", "fuse-activation", "fuse-norm", "sparsify-moe", "dce")
+_EXACT = ("fold-shapes", "cse", "lift-moe", "lift-attention", "lift-linear-attention", "fuse-rope", "fuse-activation", "fuse-norm", "sparsify-moe", "dce")
 # -O2: -O1 plus int8 weight-only quantisation, the one approximate pass a preset holds
 # (judged by its own default bar, QuantizeInt8.drift_bar). A preset is listed, and
 # offered by the CLI, only once it does what it says.

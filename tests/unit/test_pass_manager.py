@@ -180,7 +180,7 @@ def test_ordering_constraint(scratch_passes):
 
 def test_presets():
     assert str(Pipeline.preset("O0")) == "fold-shapes,cse,dce"
-    assert str(Pipeline.preset("-O1")) == "fold-shapes,cse,lift-moe,lift-attention,fuse-rope,fuse-activation,fuse-norm,sparsify-moe,dce"
+    assert str(Pipeline.preset("-O1")) == "fold-shapes,cse,lift-moe,lift-attention,lift-linear-attention,fuse-rope,fuse-activation,fuse-norm,sparsify-moe,dce"
     assert Pipeline.preset("-O1") == Pipeline.preset(1) == Pipeline.from_spec("O1")
     for key, names in PRESETS.items():
         # approximate attention rewrites are never in a preset; -O2 adds int8 weight-only to -O1
