@@ -284,11 +284,9 @@ class LiftLinearAttention(RewriteRule):
         for num, den in pairs:
             n = _through_layout(num).producer
             d = _through_layout(den).producer
-            if n is None or n.op not in ("matmul", "sum") or d is None or d.op in ("full",):
-                continue
-            if d.op not in ("matmul", "sum", "add") and not (d.op == "mul" and any(x.producer and x.producer.op in ("matmul", "sum") for x in d.inputs)):
-                continue
-            return Match(node, {"num": num, "den": den})
+            # a product over a product (an eps `add` is refused in check, with its reason)
+            if n is not None and d is not None and n.op in ("matmul", "sum") and d.op in ("matmul", "sum", "add"):
+                return Match(node, {"num": num, "den": den})
         return None
 
     def check(self, match: Match, ctx: RewriteContext) -> str | None:
