@@ -4,7 +4,8 @@ Spellings recognised:
   * `sdpa(q, k, v, mask?)` as traced from `scaled_dot_product_attention`;
   * eager chains: `matmul(q, kᵀ)`, scaled by a constant (mul or div, or q
     pre-scaled), optionally soft-capped (`c * tanh(s / c)`), masked by an
-    additive mask or a `where(mask, s, -big)`, `softmax` over the last dim
+    additive mask or a `where(mask, s, -big)` (with a bias added to s under
+    it: DeBERTa's relative-position terms), `softmax` over the last dim
     (with casts around it), then `matmul(·, v)`;
   * grouped-query K/V repeated with unsqueeze/expand/reshape (repeat_kv) are
     un-repeated: the op takes the KV heads and `kv_heads` says how many.
@@ -16,6 +17,15 @@ AND an input's padding row [B, 1, 1, Sk] (Hugging Face's mask with an
 attention_mask input) is split: the part into attrs, the row as the operand
 (stats `mask_padding_split`). Lifting is exact.
 
+A `where` with a finite fill (`masked_fill(~mask, finfo.min)`) differs from a
+hidden key in one place: a query row it hides completely softmaxes equal
+scores in eager (the mean of v), where `attention` gives zeros. Such a mask
+becomes attrs only when it is a structure (every structure keeps the
+diagonal, so no row is hidden completely); otherwise it becomes an additive
+operand, the bias (or 0) where visible and the fill where hidden, exact when
+s + fill == fill (a fill of -inf, or <= -1e30 in f32/f64); any other fill
+over such a mask is refused with a near-miss.
+
 Preconditions: none (run cleanup first for tidier matches). Options:
   max_probe: longest sequence at which mask subgraphs are evaluated.
 """
@@ -25,12 +35,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..ir.core import Graph, Node, Value, dim_prod, dims_equal
+from ..ir.core import DType, Graph, Node, Value, dim_prod, dims_equal
 from ..ir.opdefs.attention import AttentionAttrs
+from ..ir.opdefs.creation import FullAttrs
+from ..ir.opdefs.pointwise import CastAttrs
 from ..ir.opdefs.shape import PermuteAttrs, ShapeAttrs
 from ..ir.verifier import types_match
 from .manager import Pass, PassResult, register_pass
-from .mask_classify import MaskClass, classify, split_padding
+from .mask_classify import MASKED_BELOW, MaskClass, classify, split_padding
 from .patterns import producer, scalar_constant, skip_casts, skip_noops, unrepeat_kv
 from .rewrite import Match, RewriteContext, RewriteRule, apply_rules
 
@@ -47,6 +59,8 @@ class _Site:
     mask: Value | None
     mask_is_keep: bool  # a bool mask where true means "attend"; false: where(mask, -big, s)
     softcap: float = 0.0
+    fill: float | None = None  # the score a where() gives hidden keys (None: not a where-mask)
+    bias: Value | None = None  # a term added to the scores under a where-mask (relative positions)
 
 
 @dataclass(frozen=True)
@@ -79,7 +93,24 @@ class _LiftRule(RewriteRule):
             return "query heads are not a multiple of key heads"
         if site.mask is not None and not site.mask_is_keep and site.mask.type.dtype.name != "BOOL":
             return "a where-mask that is not boolean"
+        if self._additive_where(site):
+            mc = self._where_class(site, ctx)
+            if mc.attrs is None and not (site.fill == -math.inf or (site.fill <= MASKED_BELOW and q.type.dtype in (DType.F32, DType.F64))):
+                # A row the mask hides completely softmaxes `fill` everywhere in eager: the mean of v.
+                return (f"a where() fill of {site.fill:g} under a mask that is not a structure ({mc.kind}): a row it hides completely "
+                        "averages v, which only a fill of -inf or <= -1e30 (in f32) keeps as an additive mask")
         return None
+
+    @staticmethod
+    def _additive_where(site: _Site) -> bool:
+        """A where-mask lifted with care: a finite fill (a row hidden completely is not zeros in eager) or a bias under it."""
+        return site.fill is not None and (site.fill != -math.inf or site.bias is not None)
+
+    def _where_class(self, site: _Site, ctx: RewriteContext) -> MaskClass:
+        """The structure of a where-mask's visible pattern (classified once per mask and orientation)."""
+        graph, mask, seq_dims = ctx.graph, site.mask, (site.q.type.shape[2], site.k.type.shape[2])
+        negate = not site.mask_is_keep
+        return ctx.cached("where_classes", (mask, negate), lambda: classify(graph, mask, seq_dims, max_probe=self.max_probe, negate=negate))
 
     def rewrite(self, match: Match, ctx: RewriteContext) -> None:
         rewriter = ctx.rewriter
@@ -94,6 +125,23 @@ class _LiftRule(RewriteRule):
             causal=site.causal, kv_heads=k0.type.shape[1], softcap=site.softcap,
         )
         operands = [site.q, k0, v0]
+        if self._additive_where(site):
+            # where(hidden, fill, s [+ bias]): a structure (no row hidden completely) becomes attrs and
+            # the bias the operand; otherwise the operand is additive, bias where visible and fill where
+            # hidden, so a row hidden completely softmaxes equal scores as in eager (s + fill == fill
+            # for fill <= -1e30 in f32, and for -inf).
+            mc = self._where_class(site, ctx)
+            ctx.count(f"mask_{mc.kind}")
+            if mc.attrs is not None:
+                s = mc.attrs
+                attrs = replace(attrs, causal=attrs.causal or s.causal, window=s.window, block=s.block, global_tokens=s.global_tokens)
+                if site.bias is not None:
+                    operands.append(site.bias)
+            else:
+                operands.append(self._additive_mask(site, match.root, ctx))
+            node = rewriter.insert("attention", operands, attrs, before=match.root)
+            rewriter.replace_node(match.root, node.outputs)
+            return
         if site.mask is not None:
             mask = site.mask
             if not site.mask_is_keep:
@@ -115,6 +163,20 @@ class _LiftRule(RewriteRule):
                 operands.append(mask)
         node = rewriter.insert("attention", operands, attrs, before=match.root)
         rewriter.replace_node(match.root, node.outputs)
+
+    @staticmethod
+    def _additive_mask(site: _Site, before: Node, ctx: RewriteContext) -> Value:
+        """where(mask, bias, fill) (or its mirror for a hidden-where-true mask) in the scores' dtype."""
+        dt = site.q.type.dtype
+        rw = ctx.rewriter
+        fill = rw.insert("full", [], FullAttrs((), site.fill, dt), before=before).outputs[0]
+        bias = site.bias
+        if bias is None:
+            bias = rw.insert("full", [], FullAttrs((), 0.0, dt), before=before).outputs[0]
+        elif bias.type.dtype != dt:
+            bias = rw.insert("cast", [bias], CastAttrs(dt), before=before).outputs[0]
+        pair = [bias, fill] if site.mask_is_keep else [fill, bias]
+        return rw.insert("where", [site.mask, *pair], before=before).outputs[0]
 
 
 @dataclass(frozen=True)
@@ -173,7 +235,7 @@ class EagerRule(_LiftRule):
 
     def _parse(self, match: Match) -> "_Site | str":
         scores = skip_casts(match.captures["softmax"].inputs[0])
-        mask, keep = None, True
+        mask, keep, fill, bias = None, True, None, None
         add = producer(scores, "add")
         where = producer(scores, "where")
         if add is not None:
@@ -188,11 +250,18 @@ class EagerRule(_LiftRule):
             cond, a, b = where.inputs
             fill_a, fill_b = scalar_constant(a), scalar_constant(b)
             if fill_b is not None and fill_b <= -1e4:
-                scores, mask, keep = a, cond, True
+                scores, mask, keep, fill = a, cond, True, fill_b
             elif fill_a is not None and fill_a <= -1e4:
-                scores, mask, keep = b, cond, False
+                scores, mask, keep, fill = b, cond, False, fill_a
             else:
                 return "a where() before softmax that does not fill with a large negative value"
+            biased = producer(scores, "add")  # scores + a bias (DeBERTa's relative-position terms), then the mask
+            if biased is not None:
+                a, b = biased.inputs
+                if _is_score_chain(a):
+                    scores, bias = a, b
+                elif _is_score_chain(b):
+                    scores, bias = b, a
         softcap = 0.0
         mul = producer(scores, "mul")
         if mul is not None and producer(mul.inputs[0], "tanh") is not None and scalar_constant(mul.inputs[1]) is not None:
@@ -227,7 +296,7 @@ class EagerRule(_LiftRule):
         p = perm.attrs.perm
         k_perm = p[:-2] + (p[-1], p[-2])
         match.captures["k_perm"] = (perm.inputs[0], k_perm)
-        return _Site(q, None, skip_noops(match.root.inputs[1]), scale, False, mask, keep, softcap)
+        return _Site(q, None, skip_noops(match.root.inputs[1]), scale, False, mask, keep, softcap, fill, bias)
 
 
 class _PermutedView:

@@ -148,8 +148,10 @@ def kind_of(a: AttentionAttrs) -> str:
     return "causal" if a.causal else "none"
 
 
-def classify(graph: Graph, mask: Value, seq_dims: tuple, *, max_probe: int = 8200) -> MaskClass:
-    """Classify the mask operand of an attention whose query/key length dims are `seq_dims`."""
+def classify(graph: Graph, mask: Value, seq_dims: tuple, *, max_probe: int = 8200, negate: bool = False) -> MaskClass:
+    """Classify the mask operand of an attention whose query/key length dims are `seq_dims`.
+
+    `negate`: `mask` is a bool mask whose true means "hidden" (`where(mask, -big, s)`); its negation is classified."""
     nodes = cone(graph, mask)
     if nodes is None:
         return MaskClass("input", reason="the mask depends on a model input (padding)")
@@ -178,6 +180,8 @@ def classify(graph: Graph, mask: Value, seq_dims: tuple, *, max_probe: int = 820
                 value = evaluate(graph, nodes, mask, bindings)
             except (RuntimeError, IndexError, ValueError, KeyError) as e:
                 return MaskClass("unclassified", reason=f"evaluating the mask at length {length} failed: {e}")
+            if negate:
+                value = ~value
             if value.dim() >= 2:  # a mask may leave its query or key axis to broadcasting
                 sq, sk = seq_dims if static else (length, length)
                 try:

@@ -169,6 +169,44 @@ def test_ort_key_padding_mask_with_a_fully_padded_row():
     torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("flavor", ["standard", "ort"])
+@pytest.mark.parametrize("mask", [(F32, ("batch", 4, "seq", "seq")), FLOAT_PAD_MASK, (F32, ("batch", 1, 1, "seq"))], ids=["full", "row", "row-window"])
+def test_float_mask_rows_of_the_lowest_value(mask, flavor):
+    """A float mask of finfo.min is added like any number (`masked_fill(~m, finfo.min)`): a row of it softmaxes
+    equal scores, the mean of v. ONNX Runtime's Attention and MultiHeadAttention read that value as -inf
+    (zeros) unless the lowering moves it one step up; a row of -inf still gives zeros."""
+    attrs = A(window=(3, 3)) if mask[1][2] == 1 and mask is not FLOAT_PAD_MASK else A()
+    sess = _session(_graph("attention", attrs, mask=mask), flavor)
+    f = _feeds(2, 9, 4, 4, mask)
+    low = torch.finfo(torch.float32).min
+    f["mask"] = torch.where(torch.rand(f["mask"].shape, generator=torch.Generator().manual_seed(3)) > 0.5, 0.0, low)
+    f["mask"][0] = low  # batch element 0: every key hidden for every query
+    if mask[1][2] != 1:
+        f["mask"][1, :, 2] = float("-inf")  # one query row hidden by -inf
+    want = attention_reference(f["q"], f["k"], f["v"], f["mask"], attrs)
+    have = torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in f.items()})[0])
+    if attrs.window == (-1, -1):
+        torch.testing.assert_close(have[0], f["v"][0].mean(-2, keepdim=True).expand_as(have[0]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_float_mask_of_the_lowest_value():
+    """torch's SDPA adds a float mask too: a row of finfo.min averages v (the lowered Attention op would give zeros)."""
+    g = Graph()
+    ins = [g.add_input(n, TensorType(F32, (2, 2, 5, D))) for n in "qkv"]
+    ins.append(g.add_input("mask", TensorType(F32, (2, 1, 5, 5))))
+    from t2c.ir.opdefs.nn import SDPAAttrs
+
+    g.set_output("y", g.add_node("sdpa", ins, SDPAAttrs()).output)
+    gen = torch.Generator().manual_seed(0)
+    f = {n: torch.randn(2, 2, 5, D, generator=gen) for n in "qkv"}
+    f["mask"] = torch.zeros(2, 1, 5, 5)
+    f["mask"][0, :, 1] = torch.finfo(torch.float32).min
+    want = torch.nn.functional.scaled_dot_product_attention(f["q"], f["k"], f["v"], attn_mask=f["mask"])
+    have = torch.from_numpy(_session(g).run(None, {n: t.numpy() for n, t in f.items()})[0])
+    torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("head_dim,kernel", [(12, None), (16, "GroupQueryAttention")])
 def test_ort_causal_kernel_needs_head_size_multiple_of_8(head_dim, kernel):
     """GroupQueryAttention rejects head sizes not a multiple of 8 at run time: those stay standard, and run."""

@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ...ir.core import DType, Node, TensorType, dim_floordiv, dims_equal
 from ...ir.opdefs.attention import attention_operands
 from ...plans import AttentionPlan, attention_plan
@@ -95,7 +97,7 @@ def _attention_op(ctx, call: AttentionCall) -> str:
     if call.mask is not None:
         m_t, m = call.mask_t, call.mask
         if m_t.dtype != DType.BOOL:
-            m = ctx.cast(m, m_t.dtype, dt)
+            m = kernel_bias(ctx, ctx.cast(m, m_t.dtype, dt), dt)
         if m_t.rank < 4:
             m = ctx.emit("Unsqueeze", [m, ctx.ints(list(range(4 - m_t.rank)))])
         if m_t.rank < 2 or not dims_equal(m_t.shape[-2], call.q_t.shape[-2]):
@@ -109,6 +111,24 @@ def _attention_op(ctx, call: AttentionCall) -> str:
     if dt in (DType.F16, DType.BF16):
         attrs["softmax_precision"] = ONNX_DTYPE[DType.F32]
     return ctx.emit("Attention", inputs, **attrs)
+
+
+def kernel_bias(ctx, m: str, dt: DType) -> str:
+    """An additive float mask as ONNX Runtime's Attention and MultiHeadAttention kernels must get it.
+
+    The IR (attention_reference) and torch's SDPA add a float mask like any number: a row of
+    `finfo.min` (Hugging Face's `masked_fill(~m, finfo.min)`, an all-padding query) gives equal
+    scores there, and softmax averages v. The kernels read exactly the lowest finite value as
+    -inf and give zeros for such a row (measured: finfo.min + one step is added as a number).
+    So `finfo.min` moves one step up (-3.4028233e38 in f32). Nothing else changes: for any
+    score below ~1e31 in magnitude, s + either value rounds to that value, and exp of it
+    against a visible score is 0 either way. -inf stays -inf, so a row of -inf still gives
+    zeros in both (a `Max` clamp would turn it into the mean of v). The dense and blocked
+    forms add the mask with Add/Softmax and need none of this.
+    """
+    low = torch.finfo(dt.torch).min
+    up = torch.nextafter(torch.tensor(low, dtype=dt.torch), torch.tensor(0.0, dtype=dt.torch)).item()
+    return ctx.emit("Where", [ctx.emit("Equal", [m, ctx.const(low, dt)]), ctx.const(up, dt), m])
 
 
 # -- pieces the dense and blocked forms share ------------------------------------------
@@ -220,6 +240,8 @@ def _sdpa(ctx, node):
     if node.inputs[0].type.rank == 4:
         a = node.attrs
         inputs = [arg(ctx, node, i) for i in range(len(node.inputs))]
+        if len(inputs) > 3 and node.inputs[3].type.dtype.is_float:  # added like any number, as in torch
+            inputs[3] = kernel_bias(ctx, inputs[3], node.inputs[3].type.dtype)
         attrs = {"is_causal": int(a.is_causal)}
         if a.scale is not None:
             attrs["scale"] = float(a.scale)

@@ -20,7 +20,9 @@ transposes cancel against the model's own in ONNX Runtime's transpose optimizer.
   O(n*w).
 * MultiHeadAttention: attention with no structure (encoders), Hq == Hkv, no
   softcap, and no mask, an additive float mask (passed as `attention_bias`
-  expanded to [B or 1, H or 1, Sq, Sk]) or a bool key-padding mask [B|1, 1, 1, Sk]
+  expanded to [B or 1, H or 1, Sq, Sk]; finfo.min moved one step up, which the
+  kernel would read as -inf, and a row of -inf, which it softmaxes to NaN, set to
+  zeros as the IR defines) or a bool key-padding mask [B|1, 1, 1, Sk]
   (the padding mask of an encoder with an attention_mask input). The bool mask
   goes in as `key_padding_mask` [B, Sk] (int32, 1 = attend) with
   `mask_filter_value` = -inf, so masked keys get exactly zero weight; a batch row
@@ -40,7 +42,7 @@ from __future__ import annotations
 from ...ir.core import DType, dims_equal
 from ...ir.opdefs.attention import attention_operands
 from ...plans import AttentionPlan
-from .attention import AttentionCall, attention_call, plan_of
+from .attention import AttentionCall, attention_call, kernel_bias, plan_of
 from .context import ONNX_DTYPE
 from .flavors import MS_DOMAIN, overlay
 
@@ -99,6 +101,8 @@ def lower_ort_attention(ctx, call: AttentionCall, kernel: str) -> str:
         if call.mask is not None:
             inputs += ["", "", _attention_bias(ctx, call.mask, call.mask_t, p, call.q_t)]
         out = ctx.emit(kernel, inputs, domain=MS_DOMAIN, num_heads=hq, scale=float(p.scale))
+        if call.mask is not None:  # a query row the bias hides with -inf softmaxes to NaN here; the IR gives zeros
+            out = ctx.emit("Where", [ctx.emit("IsNaN", [out]), ctx.const(0.0, DType.F32), out])
     split = ctx.emit("Reshape", [out, ctx.ints([0, 0, hq, dv])])
     return ctx.emit("Transpose", [split], perm=[0, 2, 1, 3])
 
@@ -140,6 +144,7 @@ def _merge_heads(ctx, x: str, t) -> str:
 
 def _attention_bias(ctx, m: str, m_t, p: AttentionPlan, q_t) -> str:
     """An additive mask broadcast to [B|1, H|1, Sq, Sk], the shapes MultiHeadAttention takes."""
+    m = kernel_bias(ctx, m, DType.F32)  # the kernel reads finfo.min as -inf; the IR adds it (attention.kernel_bias)
     if m_t.rank < 4:
         m = ctx.emit("Unsqueeze", [m, ctx.ints(list(range(4 - m_t.rank)))])
     if dims_equal(p.mask_shape[2], q_t.shape[2]):
