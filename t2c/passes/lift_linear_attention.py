@@ -9,7 +9,8 @@ are RNNs", 2020) and the tutorials that follow them write it, with φ(x) = elu(x
     causal       kv = cumsum_seq(φ(K) ⊗ V),  z = 1 / (φ(Q) · cumsum_seq(φ(K))),  out = φ(Q) kv * z
 
 in any spelling of its products (matmul, einsum, bmm, broadcast multiply and sum),
-layouts ([B, H, S, D] or [B, S, H, D], the same for q, k and v) and grouped K/V heads.
+layouts ([B, H, S, D] or [B, S, H, D], one for q, k and v; the op gets them transposed
+to [B, H, S, D] and its result transposed back) and grouped K/V heads.
 
 How: the root is a division `num / den` (or `num * reciprocal(den)`, `num * (1 / den)`)
 whose numerator is a product. Walking back from it through products, reductions,
@@ -29,8 +30,9 @@ is a different function (by eps / (φ(Q)·Σφ(K)) relative), and this pass is e
 Such sites are near-misses that say so. Other feature maps (relu, softmax, elu
 without + 1) are near-misses too: the op knows elu + 1 only.
 
-Not followed: a feature map applied before the heads are split (φ on [B, S, H*D]),
-and the quadratic spelling (φ(Q)φ(K)ᵀ) V / rowsum(φ(Q)φ(K)ᵀ).
+A feature map applied before the heads are split (φ on the [B, S, H*D] projection, then
+view and transpose) is followed: the op reads q with the same view and transpose. Not
+followed: the quadratic spelling (φ(Q)φ(K)ᵀ) V / rowsum(φ(Q)φ(K)ᵀ).
 
 Preconditions: none (cleanup first gives smaller subgraphs). Options: none.
 Stats: lifted (one per linear_attention made), causal (of which causal).
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ir.core import Graph, Node, SymDim, Value, dims_equal, eval_dim
+from ..ir.core import Graph, Node, SymDim, Value, dims_equal
 from ..ir.opdefs.attention import LinearAttentionAttrs, linear_attention_reference
 from ..ir.opdefs.shape import PermuteAttrs, ShapeAttrs
 from ..ir.ops import EvalContext, get_op
@@ -214,18 +216,37 @@ def _bindings(values: list[Value], k: int) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
+class _Operand:
+    """An operand of the op: `leaf` (a value of the graph) through `steps` (layout ops to replay), of shape `shape`."""
+
+    leaf: Value
+    steps: tuple  # ((op, attrs), ...)
+    shape: tuple
+
+
+@dataclass(frozen=True)
 class _Candidate:
-    q: Value
-    k: Value
-    v: Value
-    v_shape: tuple | None  # v reshaped to it first (unit axes dropped), or None
+    q: _Operand
+    k: _Operand
+    v: _Operand
     perm: tuple[int, ...]  # q, k, v permuted by it are [B, H, S, D]
     causal: bool
     out: str  # how the op's [B, H, S, Dv] result becomes the root: "same" | "permute" | "reshape" | "permute-reshape"
 
 
-def _concrete(shape: tuple, bindings: dict[str, int]) -> tuple[int, ...]:
-    return tuple(d if isinstance(d, int) else eval_dim(d, bindings) for d in shape)
+def _feature_operands(phi: Value, x: Value, body: set[Node]) -> list[_Operand]:
+    """q (or k) as the op reads it: φ's input x, through the layout ops between φ(x) and its
+    first 4-D [.., heads, seq, ..] view (a feature map applied before the heads are split);
+    x itself when φ(x) is 4-D already. Every 4-D view on the chain is a candidate, nearest first."""
+    operands, steps, v = [], (), phi
+    while True:
+        if v.type.rank == 4:
+            operands.append(_Operand(x, steps, tuple(v.type.shape)))
+        users = [u for u, _ in v.uses if u in body and u.op in LAYOUT_OPS]
+        if len(users) != 1:
+            return operands
+        steps += ((users[0].op, users[0].attrs),)
+        v = users[0].outputs[0]
 
 
 def _shapes_fit(q: tuple, k: tuple, v: tuple, perm: tuple[int, ...]) -> bool:
@@ -258,6 +279,12 @@ def _out_forms(perm: tuple[int, ...], q: tuple, v: tuple, root: Value) -> list[s
         if len(r) != 4 and same(squeezed(shape), squeezed(r)):
             forms.append(name)
     return forms
+
+
+def _replay(ctx: EvalContext, o: _Operand, t: torch.Tensor) -> torch.Tensor:
+    for op, a in o.steps:
+        (t,) = get_op(op).run(ctx, a, [t])
+    return t
 
 
 def _lay_out(o: torch.Tensor, perm: tuple[int, ...], form: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -305,18 +332,20 @@ class LiftLinearAttention(RewriteRule):
             return f"no elu(x) + 1 feature map on q and k (the products read {', '.join(ops)}); linear_attention's φ is elu + 1"
         if len(body.features) != 2 or len(others) != 1:
             return f"reads {len(body.features)} feature-mapped values and {len(others)} others; linear attention reads φ(q), φ(k) and v"
-        qk = list(body.features.values())
-        if any(x.type.rank != 4 for x in qk):
-            return "the feature map is applied before the heads are split (not to a 4-D [batch, heads, seq, dim] value)"
+        (phi_a, x_a), (phi_b, x_b) = body.features.items()
+        qk = [_feature_operands(phi_a, x_a, body.nodes), _feature_operands(phi_b, x_b, body.nodes)]
+        if not all(qk):
+            return "φ(q) or φ(k) is never viewed as a 4-D [batch, heads, seq, dim] value"
         views = _four_d_views(others[0], body.nodes)
         if not views:
             return "v is not read as a 4-D [batch, heads, seq, dim] value"
-        if len({x.type.dtype for x in (*qk, views[0][0], root)}) != 1:
+        if len({x.type.dtype for x in (x_a, x_b, views[0][0], root)}) != 1:
             return "q, k, v and the result differ in dtype"
         causal = any(n.op == "cumsum" for n in body.nodes)
         reason = None
         for v, v_shape in views:
-            found = self._verify(ctx.graph, qk, v, v_shape, root, causal)
+            steps = (("reshape", ShapeAttrs(v_shape)),) if v_shape is not None else ()
+            found = self._verify(ctx.graph, qk, _Operand(v, steps, v_shape or tuple(v.type.shape)), root, causal)
             if not isinstance(found, str):
                 match.captures["site"] = found
                 return None
@@ -324,37 +353,36 @@ class LiftLinearAttention(RewriteRule):
         return reason
 
     @staticmethod
-    def _verify(graph: Graph, qk: list[Value], v: Value, v_shape: tuple | None, root: Value, causal: bool) -> "_Candidate | str":
-        leaves = [*qk, v]
+    def _verify(graph: Graph, qk: list[list[_Operand]], v: _Operand, root: Value, causal: bool) -> "_Candidate | str":
+        leaves = [qk[0][0].leaf, qk[1][0].leaf, v.leaf]
         cone = _cone(root, leaves, graph)
         if cone is None:
             return "depends on values other than q, k and v (a weight or another input inside the products)"
         candidates = []
-        for q, k in (qk, qk[::-1]):
-            for perm in itertools.permutations(range(4)):
-                if _shapes_fit(q.type.shape, k.type.shape, v_shape or v.type.shape, perm):
-                    forms = _out_forms(perm, q.type.shape, v_shape or v.type.shape, root)
-                    candidates += [_Candidate(q, k, v, v_shape, perm, causal, form) for form in forms]
+        for qs, ks in (qk, qk[::-1]):
+            for q, k in itertools.product(qs, ks):
+                for perm in itertools.permutations(range(4)):
+                    if _shapes_fit(q.shape, k.shape, v.shape, perm):
+                        candidates += [_Candidate(q, k, v, perm, causal, form) for form in _out_forms(perm, q.shape, v.shape, root)]
         if not candidates:
             return "q, k and v shapes do not fit [batch, heads, seq, dim] in one layout"
         involved = [*leaves, root, *(n.outputs[0] for n in cone)]
         gen = torch.Generator().manual_seed(0)
-        for k in range(len(_SIZES)):
-            bindings = _bindings(involved, k)
+        for size in range(len(_SIZES)):
+            bindings = _bindings(involved, size)
+            ctx = EvalContext(dict(bindings))
             try:
-                (tq, tk, tv), got = _evaluate(cone, leaves, root, bindings, gen)
+                tensors, got = _evaluate(cone, leaves, root, bindings, gen)
             except (RuntimeError, ValueError, IndexError):
                 return "could not be evaluated at other sizes"
-            if v_shape is not None:
-                tv = tv.reshape(_concrete(v_shape, bindings))
-            t = {qk[0]: tq, qk[1]: tk, v: tv}
+            t = dict(zip(leaves, tensors))
             kept = []
             for c in candidates:
                 p = c.perm
-                attrs = LinearAttentionAttrs(causal=causal, kv_heads=c.k.type.shape[p[1]])
+                attrs = LinearAttentionAttrs(causal=causal, kv_heads=c.k.shape[p[1]])
                 try:
-                    o = linear_attention_reference(t[c.q].permute(p), t[c.k].permute(p), t[c.v].permute(p), attrs)
-                    o = _lay_out(o, p, c.out, got.shape)
+                    q, k, vv = (_replay(ctx, o, t[o.leaf]).permute(p) for o in (c.q, c.k, c.v))
+                    o = _lay_out(linear_attention_reference(q, k, vv, attrs), p, c.out, got.shape)
                 except RuntimeError:
                     continue
                 if o.shape == got.shape and torch.allclose(o, got, rtol=_RTOL, atol=1e-12):
@@ -375,12 +403,16 @@ class LiftLinearAttention(RewriteRule):
                 return x
             return rw.insert("permute", [x], PermuteAttrs(p), before=node).outputs[0]
 
-        attrs = LinearAttentionAttrs(causal=c.causal, kv_heads=c.k.type.shape[p[1]])
-        v = c.v
-        if c.v_shape is not None:
-            source = v.producer.inputs[0] if v.producer is not None and v.producer.op == "reshape" else v
-            v = rw.insert("reshape", [source], ShapeAttrs(c.v_shape), before=node).outputs[0]
-        out = rw.insert("linear_attention", [canon(c.q), canon(c.k), canon(v)], attrs, before=node).outputs[0]
+        def operand(o: _Operand) -> Value:
+            x = o.leaf
+            for op, a in o.steps:
+                if op == "reshape" and x.producer is not None and x.producer.op == "reshape":
+                    x = x.producer.inputs[0]  # a reshape of a reshape is one reshape
+                x = rw.insert(op, [x], a, before=node).outputs[0]
+            return canon(x)
+
+        attrs = LinearAttentionAttrs(causal=c.causal, kv_heads=c.k.shape[p[1]])
+        out = rw.insert("linear_attention", [operand(c.q), operand(c.k), operand(c.v)], attrs, before=node).outputs[0]
         if c.out in ("permute", "permute-reshape"):
             out = rw.insert("permute", [out], PermuteAttrs(tuple(p.index(i) for i in range(4))), before=node).outputs[0]
         if c.causal:

@@ -39,8 +39,14 @@ class Site(nn.Module):
 
     def forward(self, x):
         b, s, _ = x.shape
-        q, k, v = self.q(x).view(b, s, H, D), self.k(x).view(b, s, self.kvh, D), self.v(x).view(b, s, self.kvh, D)
         f = self.form
+        if f == "phi_before_split":  # the feature map on the projections, then the heads
+            Q = phi(self.q(x)).view(b, s, H, D).transpose(1, 2)
+            K = phi(self.k(x)).view(b, s, self.kvh, D).transpose(1, 2)
+            v = self.v(x).view(b, s, self.kvh, D).transpose(1, 2)
+            out = (Q @ (K.transpose(-1, -2) @ v)) / (Q @ K.sum(2).unsqueeze(-1))
+            return out.transpose(1, 2).reshape(b, s, -1)
+        q, k, v = self.q(x).view(b, s, H, D), self.k(x).view(b, s, self.kvh, D), self.v(x).view(b, s, self.kvh, D)
         if f == "nlhe":  # fast-transformers' [N, L, H, E] layout, no eps
             Q, K = phi(q), phi(k)
             kv = torch.einsum("nshd,nshm->nhmd", K, v)
@@ -91,7 +97,7 @@ def run(form: str, kv_heads: int = H):
 
 @pytest.mark.parametrize(
     "form, kv_heads, causal",
-    [("nlhe", H, False), ("gqa", 2, False), ("mul_sum", H, False), ("causal_loop_free", H, True)],
+    [("nlhe", H, False), ("phi_before_split", H, False), ("gqa", 2, False), ("mul_sum", H, False), ("causal_loop_free", H, True)],
 )
 def test_lifts(form, kv_heads, causal):
     g, stats, misses = run(form, kv_heads)
