@@ -373,8 +373,8 @@ class LiftLinearAttention(RewriteRule):
             ctx = EvalContext(dict(bindings))
             try:
                 tensors, got = _evaluate(cone, leaves, root, bindings, gen)
-            except (RuntimeError, ValueError, IndexError):
-                return "could not be evaluated at other sizes"
+            except Exception as e:  # noqa: BLE001  an op that refuses these sizes: not something to lift
+                return f"could not be evaluated at other sizes ({type(e).__name__})"
             t = dict(zip(leaves, tensors))
             kept = []
             for c in candidates:
@@ -383,7 +383,7 @@ class LiftLinearAttention(RewriteRule):
                 try:
                     q, k, vv = (_replay(ctx, o, t[o.leaf]).permute(p) for o in (c.q, c.k, c.v))
                     o = _lay_out(linear_attention_reference(q, k, vv, attrs), p, c.out, got.shape)
-                except RuntimeError:
+                except (RuntimeError, ValueError, IndexError):  # this layout does not fit at these sizes
                     continue
                 if o.shape == got.shape and torch.allclose(o, got, rtol=_RTOL, atol=1e-12):
                     kept.append(c)
@@ -431,10 +431,14 @@ class LiftLinearAttention(RewriteRule):
 @register_pass("lift-linear-attention")
 @dataclass(frozen=True)
 class LiftLinearAttentionPass(Pass):
-    """Turn hand-written linear attention (φ = elu + 1, causal or not) into `linear_attention` (exact).
+    """Turn hand-written linear attention into `linear_attention` (exact).
 
-    Recognised by evaluation against the op's reference (module docstring); a
-    normaliser with an eps is left as written, since the op has none. Options: none.
+    φ(x) = elu(x) + 1 on q and k, kv = φ(K)ᵀV, normaliser 1 / (φ(Q)·Σ_s φ(K)), causal
+    with cumsum prefix sums; products as matmul, einsum or multiply-and-sum, in
+    [B, H, S, D] or [B, S, H, D] layout, grouped K/V. Recognised by evaluating the
+    subgraph against the op's reference at two sizes (module docstring). A normaliser
+    with an eps stays as written (the op has none: lifting would not be exact), as do
+    other feature maps; `t2c opt --debug-rewrites` says why. Options: none.
     Stats: lifted, causal.
     """
 
