@@ -167,6 +167,7 @@ def test_api_bf16_module_compiles_as_float32_with_the_summary_saying_so(tmp_path
     text = summary_lines(compiled.report, str(tmp_path / "b"))
     assert "dtype: bfloat16 checkpoint compiled as float32: ONNX Runtime's CPU provider has no bfloat16" in text
     assert "artifact vs eager bfloat16 (the checkpoint)" in text
+    assert "drift from" not in text  # a lossless upcast: the precision lines say what it did
 
 
 def test_cli_dtype_bfloat16_for_onnx_exits_2_in_one_line(tmp_path, capsys):
