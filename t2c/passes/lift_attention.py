@@ -8,7 +8,22 @@ Spellings recognised:
     it: DeBERTa's relative-position terms), `softmax` over the last dim
     (with casts around it), then `matmul(·, v)`;
   * grouped-query K/V repeated with unsqueeze/expand/reshape (repeat_kv) are
-    un-repeated: the op takes the KV heads and `kv_heads` says how many.
+    un-repeated: the op takes the KV heads and `kv_heads` says how many;
+  * attention within windows: tokens viewed as [B, n, W, D] windows and q, k, v
+    [B, n, H, W, d] (or [B, H, n, W, d]), attended per window. One attention
+    over the whole sequence with `block=W` computes exactly the same (query i
+    sees key j iff i // W == j // W), so the windows are merged back into the
+    sequence, [B, H, n*W, d], the op takes `block=W` (causal too for a causal
+    sdpa), and its result is split into windows again. The sequence is n*W by
+    construction, so it is divisible by W whatever n is: no constraint on the
+    model's sequence dim is needed. (The IR records no divisibility: torch.export's
+    `seq // W` windows of a symbolic `seq` fail the frontend's reshape check, and
+    an input typed `4*n` binds no symbol, so models reach here with a static
+    sequence, or with windows cut upstream, an input [B, n, W, D].) Where q, k
+    or v was split into heads from a [B, n, W, H*d] tensor, the merge is a view
+    of that tensor as [B, n*W, H, d]: attention on the un-windowed tokens. Keys
+    per window that differ from queries per window (keys from neighbouring
+    windows) and masks inside windows are refused with a near-miss.
 
 Masks built from shapes alone are classified by evaluation (`mask_classify`)
 and become attrs (causal, window, block, global tokens); other masks (padding
@@ -64,6 +79,79 @@ class _Site:
 
 
 @dataclass(frozen=True)
+class _Windows:
+    """q, k, v [B, a1, a2, W, d]: attention within windows; one of a1, a2 counts windows, the other heads."""
+
+    win_axis: int  # 1 or 2
+    heads_axis: int  # the other one
+    window: int  # W, keys and queries per window
+
+
+def _heads_axis(q: Value) -> int | None:
+    """The axis of a rank-5 q that holds heads when q = permute(reshape(t), p) splits t's last dim into (heads, d)."""
+    perm = producer(q, "permute")
+    split = producer(perm.inputs[0], "reshape") if perm is not None else None
+    if split is None:
+        return None
+    t, r = split.inputs[0].type.shape, split.outputs[0].type.shape
+    if len(t) != 4 or len(r) != 5 or not all(dims_equal(a, b) for a, b in zip(t[:3], r[:3])):
+        return None
+    if not dims_equal(t[3], dim_prod(r[3:])):
+        return None
+    p = perm.attrs.perm
+    return p.index(3) if p.index(3) in (1, 2) and p[4] == 4 else None
+
+
+def _windows(site: _Site) -> "_Windows | str":
+    """The window layout of a rank-5 attention, or why it is not one."""
+    qs, ks, vs = site.q.type.shape, site.k.type.shape, site.v.type.shape
+    if not (len(qs) == len(ks) == len(vs) == 5):
+        return "q, k, v are not [batch, heads, seq, head_dim] (nor [batch, windows, heads, window, head_dim])"
+    if not all(dims_equal(a, b) and dims_equal(a, c) for a, b, c in zip(qs[:3], ks[:3], vs[:3])):
+        return "windowed q, k, v whose batch, window or head dims differ"
+    w = qs[3]
+    if not dims_equal(ks[3], w):
+        return f"windowed attention whose keys per window ({ks[3]}) differ from its queries per window ({w}): the keys cross windows"
+    if not isinstance(w, int):
+        return "the window length is not static"
+    if site.mask is not None or site.softcap:
+        return "a mask or soft-cap on attention within windows"
+    heads = _heads_axis(site.q)
+    if heads is None:  # no split into heads to read: the tutorial layout [B, n, H, W, d] when it has static heads there
+        heads = 2 if isinstance(qs[2], int) else 1
+    if not isinstance(qs[heads], int):
+        return "the head count of windowed attention is not static"
+    return _Windows(3 - heads, heads, w)
+
+
+def _unwindow(x: Value, win: _Windows, before: Node, ctx: RewriteContext) -> Value:
+    """[B, a1, a2, W, d] -> [B, H, n*W, d]: the windows merged back into one sequence, in order."""
+    rw = ctx.rewriter
+    b, n, h, w, d = (x.type.shape[i] for i in (0, win.win_axis, win.heads_axis, 3, 4))
+    seq = dim_prod((n, w))
+    perm = producer(x, "permute")
+    if perm is not None and _heads_axis(x) == win.heads_axis and perm.attrs.perm[0] == 0 and perm.attrs.perm[win.win_axis] == 1 and perm.attrs.perm[3] == 2:
+        # x = permute(reshape(t [B, n, W, H*d] -> [B, n, W, H, d])): view t as tokens [B, n*W, H, d]
+        t = producer(perm.inputs[0], "reshape").inputs[0]
+        if dims_equal(t.type.shape[1], n):
+            tokens = rw.insert("reshape", [t], ShapeAttrs((b, seq, h, d)), before=before).outputs[0]
+            return rw.insert("permute", [tokens], PermuteAttrs((0, 2, 1, 3)), before=before).outputs[0]
+    if win.win_axis == 1:
+        x = rw.insert("permute", [x], PermuteAttrs((0, 2, 1, 3, 4)), before=before).outputs[0]
+    return rw.insert("reshape", [x], ShapeAttrs((b, h, seq, d)), before=before).outputs[0]
+
+
+def _rewindow(o: Value, like: Value, win: _Windows, before: Node, ctx: RewriteContext) -> Value:
+    """[B, H, n*W, dv] -> the windowed layout of `like` ([B, a1, a2, W, dv])."""
+    rw = ctx.rewriter
+    b, n, h, w = (like.type.shape[i] for i in (0, win.win_axis, win.heads_axis, 3))
+    o = rw.insert("reshape", [o], ShapeAttrs((b, h, n, w, o.type.shape[3])), before=before).outputs[0]
+    if win.win_axis == 1:
+        o = rw.insert("permute", [o], PermuteAttrs((0, 2, 1, 3, 4)), before=before).outputs[0]
+    return o
+
+
+@dataclass(frozen=True)
 class _LiftRule(RewriteRule):
     """The part every spelling shares: checks on q/k/v and the rewrite into `attention`.
 
@@ -80,6 +168,9 @@ class _LiftRule(RewriteRule):
     def check(self, match: Match, ctx: RewriteContext) -> str | None:
         site = self.site(match)
         q, k, v = site.q, site.k, site.v
+        if q.type.rank == 5:
+            win = _windows(site)
+            return win if isinstance(win, str) else None
         if not (q.type.rank == k.type.rank == v.type.rank == 4):
             return "q, k, v are not [batch, heads, seq, head_dim]"
         if not isinstance(q.type.shape[-1], int):
@@ -113,8 +204,20 @@ class _LiftRule(RewriteRule):
         return ctx.cached("where_classes", (mask, negate), lambda: classify(graph, mask, seq_dims, max_probe=self.max_probe, negate=negate))
 
     def rewrite(self, match: Match, ctx: RewriteContext) -> None:
-        rewriter = ctx.rewriter
         site = self.site(match)
+        if site.q.type.rank == 5:  # attention within windows: block-local attention over the merged sequence
+            win = _windows(site)
+            q, k, v = (_unwindow(x, win, match.root, ctx) for x in (site.q, site.k, site.v))
+            head_dim = q.type.shape[-1]
+            attrs = AttentionAttrs(
+                scale=site.scale if site.scale is not None else 1.0 / math.sqrt(head_dim),
+                causal=site.causal, block=win.window, kv_heads=k.type.shape[1], softcap=site.softcap,
+            )
+            ctx.count("windowed")
+            node = ctx.rewriter.insert("attention", [q, k, v], attrs, before=match.root)
+            ctx.rewriter.replace_node(match.root, [_rewindow(node.outputs[0], site.q, win, match.root, ctx)])
+            return
+        rewriter = ctx.rewriter
         k0, rk = unrepeat_kv(site.k)
         v0, rv = unrepeat_kv(site.v)
         if rk != rv:
@@ -290,7 +393,7 @@ class EagerRule(_LiftRule):
             scale *= c if pq.op == "mul" else 1.0 / c
             q = pq.inputs[0]
         perm = producer(kt, "permute")
-        if perm is None or kt.type.rank != 4:
+        if perm is None or kt.type.rank not in (4, 5):
             return "the key operand is not a transpose of k"
         # kᵀ = permute(x, p): k is x permuted by p with its last two entries swapped.
         p = perm.attrs.perm
