@@ -17,7 +17,7 @@ from .manager import (
 from .rewrite import Match, Rewriter, RewriteRule, apply_rules, collect_near_misses
 
 # Each import registers its passes.
-from . import cast_precision, cse, dce, fold_shapes, fuse_activation, fuse_norm, fuse_rope, lift_attention, lift_linear_attention, lift_moe, linear_attention, quantize_int8, sparsify_moe, window_attention  # noqa: E402,F401
+from . import cast_precision, cse, dce, fold_shapes, fuse_activation, fuse_norm, fuse_rope, lift_attention, lift_linear_attention, lift_moe, linear_attention, merge_linears, quantize_int8, sparsify_moe, window_attention  # noqa: E402,F401
 
 __all__ = [
     "PRESETS", "Pass", "PassRecord", "PassResult", "Pipeline", "all_passes", "describe_passes",
