@@ -67,7 +67,7 @@ from ..ir.opdefs.pointwise import CastAttrs
 from ..ir.ops import get_op
 from ..ir.printer import Namer, format_node
 from .manager import Pass, PassResult, register_pass
-from .rewrite import _NEAR_MISSES
+from .rewrite import near_misses_wanted, report_near_miss
 
 DTYPE_NAMES = {
     "f32": DType.F32, "float32": DType.F32, "fp32": DType.F32,
@@ -148,7 +148,7 @@ class _Converter:
         self.old = graph
         self.target = target
         self.source = working_dtype(graph)
-        self.new = Graph(graph.name)
+        self.new = Graph(graph.name, constraints=dict(graph.constraints))
         self.values: dict[int, Value] = {}  # id(old value) -> new value
         self.kinds: dict[int, str] = {}  # id(new value) -> ACT / ACC / CONST
         self.casts: dict[tuple[int, DType], Value] = {}  # (id(new value), dtype) -> its cast
@@ -418,13 +418,9 @@ def _report_kept(misses: list[tuple[Node, str]], graph: Graph) -> None:
 
     Names are the new graph's; an untouched graph prints the same as the one the pass was given.
     """
-    sink = _NEAR_MISSES.get()
-    if sink is None or not misses:
+    if not misses or not near_misses_wanted():
         return
     namer = Namer(graph)
     for node, why in misses:
-        if node.erased:
-            continue
-        line = f"cast-precision: {format_node(node, namer)}: {why}"
-        if line not in sink:
-            sink.append(line)
+        if not node.erased:
+            report_near_miss(f"cast-precision: {format_node(node, namer)}: {why}")

@@ -237,15 +237,12 @@ def apply_rules(
                 ctx.rewriter.erase_dead(node)
         if not changed:
             break
-    sink = debug if debug is not None else _NEAR_MISSES.get()
-    if sink is not None and misses:
+    if misses and (debug is not None or near_misses_wanted()):
         name = Namer(graph)
         for rule_name, node, reason in misses:
             if (rule_name, node) in fired or node.erased:
                 continue
-            line = f"{rule_name}: {format_node(node, name)}: {reason}"
-            if line not in sink:  # passes that call apply_rules repeatedly report a miss once
-                sink.append(line)
+            report_near_miss(f"{rule_name}: {format_node(node, name)}: {reason}", debug)
     for key, n in ctx.counts.items():
         stats[key] = stats.get(key, 0) + n
     stats["nodes_erased"] = ctx.rewriter.counts["nodes_erased"]  # the rewriter's total, across calls that share it
@@ -253,6 +250,22 @@ def apply_rules(
 
 
 _NEAR_MISSES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("t2c_near_misses", default=None)
+
+
+def near_misses_wanted() -> bool:
+    """Whether a `collect_near_misses` block is listening (passes skip formatting lines otherwise)."""
+    return _NEAR_MISSES.get() is not None
+
+
+def report_near_miss(line: str, sink: list[str] | None = None) -> None:
+    """Record one near-miss line (`<pass or rule>: <node>: <reason>`) for `--debug-rewrites`.
+
+    For passes without rules too (cast-precision's kept nodes). A line already
+    recorded is not repeated: passes that run their rules repeatedly report a miss once.
+    """
+    sink = sink if sink is not None else _NEAR_MISSES.get()
+    if sink is not None and line not in sink:
+        sink.append(line)
 
 
 @contextlib.contextmanager
