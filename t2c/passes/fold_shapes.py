@@ -184,7 +184,14 @@ class CollapsePermutes(RewriteRule):
         return Match(node, {"source": inner.inputs[0], "perm": perm})
 
     def rewrite(self, match: Match, ctx: RewriteContext) -> None:
-        _replace_with(ctx.rewriter, match.root, match["source"], "permute", PermuteAttrs(match["perm"]))
+        perm = match["perm"]
+        if perm == tuple(range(len(perm))):
+            ctx.rewriter.replace_node(match.root, [match["source"]])
+            return
+        # Not `_replace_with`: a permute that swaps dims of equal size (the transpose of a square
+        # [.., seq, seq]) has the source's type but not its values.
+        new = ctx.rewriter.insert("permute", [match["source"]], PermuteAttrs(perm), before=match.root)
+        ctx.rewriter.replace_node(match.root, [new.outputs[0]])
 
 
 # Conversions that keep every value exactly: converting through them and on

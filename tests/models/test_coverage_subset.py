@@ -31,7 +31,9 @@ CONFIGS = os.path.join(ROOT, "tests", "data", "hf-test-configs")  # a copy of ..
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 # The hook: architectures fixed by the coverage work join the subset here (one per fixed cause).
-FIXED: list[str] = []
+FIXED: list[str] = [
+    "funnel",  # fold-shapes: a permute chain composing to a transpose of a square [.., n, n] was dropped (same type, not the same values)
+]
 # How many of the fastest passing architectures of each kind the sweep's JSON contributes, and of those
 # that t2c compiles while torch.onnx.export does not (what t2c must keep winning).
 PER_KIND = {"decoder": 3, "encoder": 2, "base": 2, "other": 1}
