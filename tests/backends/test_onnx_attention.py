@@ -207,6 +207,33 @@ def test_sdpa_float_mask_of_the_lowest_value():
     torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("flavor", ["standard", "ort"])
+@pytest.mark.parametrize("window", [None, 4], ids=["global-layer", "sliding-layer"])
+def test_gemma2_style_softcap_gqa_with_left_padding(window, flavor):
+    """Gemma-2's attention as lifted from Hugging Face: soft-capped logits, GQA, causality and the sliding
+    window of alternate layers in a float mask of 0 / finfo.min, left padding hiding every key of the first
+    queries of one batch element. Eager adds the mask, so those rows are the mean of v; ONNX Runtime's
+    Attention read finfo.min as -inf and gave zeros (gemma2, vaultgemma, doge and bigbird_pegasus in the
+    coverage sweep: 'the ONNX artifact differs from the IR', logits off by up to 0.389)."""
+    attrs = A(softcap=50.0, kv_heads=2, scale=0.0625)
+    mask = (F32, ("batch", 1, "seq", "seq"))
+    sess = _session(_graph("attention", attrs, 4, 2, mask), flavor)
+    for b, s in ((2, 9), (1, 3)):
+        f = _feeds(b, s, 4, 2, mask)
+        i = torch.arange(s)
+        visible = i[None, :] <= i[:, None]
+        if window is not None:
+            visible &= i[:, None] - i[None, :] < window
+        keys = torch.ones(b, s, dtype=torch.bool)
+        keys[0, :3] = False  # left padding: queries 0-2 of batch element 0 see no key
+        f["mask"] = torch.where(visible & keys[:, None, None, :], 0.0, torch.finfo(torch.float32).min)
+        want = attention_reference(f["q"], f["k"], f["v"], f["mask"], attrs)
+        have = torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in f.items()})[0])
+        hidden = want[0, :, : min(s, 3)]
+        torch.testing.assert_close(hidden, f["v"][0].repeat_interleave(2, 0).mean(-2, keepdim=True).expand_as(hidden), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"b={b} s={s}: {m}")
+
+
 @pytest.mark.parametrize("head_dim,kernel", [(12, None), (16, "GroupQueryAttention")])
 def test_ort_causal_kernel_needs_head_size_multiple_of_8(head_dim, kernel):
     """GroupQueryAttention rejects head sizes not a multiple of 8 at run time: those stay standard, and run."""
