@@ -157,6 +157,9 @@ def _cases() -> list[tuple[str, Case]]:
         ("topk", Case("topk", R.TopKAttrs(2, 1, True, True))),
         ("topk-smallest", Case("topk", R.TopKAttrs(3, 0, False, True), ins=[(F32, (4, "seq"))])),
         ("topk-symbolic-k", Case("topk", R.TopKAttrs(SymDim("seq-1"), 1, True, True))),
+        # ties (a zero-initialised router): the lower index first in the reference and in ONNX TopK
+        ("topk-ties", Case("topk", R.TopKAttrs(2, 1, True, True), ins=[(F32, BS, lambda shape, dtype: torch.zeros(shape))])),
+        ("topk-ties-smallest", Case("topk", R.TopKAttrs(2, 1, False, True), ins=[(F32, BS, lambda shape, dtype: torch.ones(shape))])),
         ("sort", Case("sort", R.SortAttrs(-1, False, False))),
         ("sort-desc", Case("sort", R.SortAttrs(0, True, True))),
     ]

@@ -121,11 +121,20 @@ def _topk_infer(types, a):
     return [TensorType(t.dtype, shape), TensorType(DType.I64, shape)]
 
 
+def _topk_ref(ctx, a, x):
+    # Ties go to the lower index, as ONNX TopK specifies: torch.topk's order among equal
+    # values is unspecified on the CPU (a zero-initialised router scores every expert alike
+    # and it picks [2, 3] of 4), which would make the reference disagree with every lowering.
+    values, indices = torch.sort(x, stable=True, dim=a.dim, descending=a.largest)
+    k = ctx.dim(a.k)
+    return values.narrow(a.dim, 0, k), indices.narrow(a.dim, 0, k)
+
+
 define_op(
     "topk",
     ("x",),
     _topk_infer,
-    lambda ctx, a, x: tuple(torch.topk(x, ctx.dim(a.k), a.dim, a.largest, a.sorted)),
+    _topk_ref,
     TopKAttrs,
     doc="k largest (or smallest) values and their indices",
 )
