@@ -10,7 +10,7 @@ Per model (MiniLM with its real weights; zoo models from small configs):
     worst); for the zoo, each output's cosine and, for `logits`, next-token
     agreement, on seeded random ids.
 
-Variants: fp32 (t2c -O1 standard / ort, torch.onnx.export), t2c weight-only (-O2,
+Variants: fp32 (t2c -O1 standard / ort, torch.onnx.export), t2c weight-only (-O1,quantize-int8;
 standard / ort), t2c W8A8 (SmoothQuant calibrated on examples/sentences.py's
 CALIBRATION sentences for MiniLM, generated inputs for the zoo; standard / ort),
 t2c W8A8 with int8 embeddings (skip="router,lm_head"), and ORT
@@ -63,8 +63,8 @@ VARIANTS = {  # name -> (builder kind, pipeline or option, flavor)
     "fp32 t2c std": ("t2c", "-O1", "standard"),
     "fp32 t2c ort": ("t2c", "-O1", "ort"),
     "fp32 torch.onnx": ("torch", None, None),
-    "wo t2c std": ("t2c", "-O2", "standard"),
-    "wo t2c ort": ("t2c", "-O2", "ort"),
+    "wo t2c std": ("t2c", "-O1,quantize-int8", "standard"),
+    "wo t2c ort": ("t2c", "-O1,quantize-int8", "ort"),
     "w8a8 t2c std": ("t2c", W8A8, "standard"),
     "w8a8 t2c ort": ("t2c", W8A8, "ort"),
     "w8a8+emb t2c ort": ("t2c", W8A8_EMB, "ort"),

@@ -79,7 +79,7 @@ class _StageDisplay:
 
 def preset_options(fn):
     """One `-O<n>` flag per preset that exists (manager.PRESETS), -O1 the default."""
-    help_text = {"O0": "Cleanup passes only.", "O1": "Every exact pass (default).", "O2": "-O1 plus int8 weight-only quantization (approximate)."}
+    help_text = {"O0": "Cleanup passes only.", "O1": "Every exact pass (default).", "O2": "-O1 plus W8A8 int8: int8 weights, activations quantized per token (approximate; weight-only: --passes -O1,quantize-int8)."}
     for key in reversed(list(PRESETS)):
         names = ",".join(PRESETS[key])
         # Only -O1 names a default: flags sharing one destination would otherwise overwrite it with False.

@@ -46,13 +46,19 @@ _CLEANUP = ("fold-shapes", "cse", "dce")  # fold first: it leaves duplicate cons
 # sparsify-moe last among the rewrites: each expert on its own tokens, measured faster than
 # the dense form at every size benchmarks/moe.py runs (E 8-64, k 1-8, 512-8192 tokens).
 _EXACT = ("fold-shapes", "cse", "lift-moe", "lift-attention", "lift-linear-attention", "fuse-rope", "fuse-activation", "fuse-norm", "sparsify-moe", "dce")
-# -O2: -O1 plus int8 weight-only quantisation, the one approximate pass a preset holds
-# (judged by its own default bar, QuantizeInt8.drift_bar). A preset is listed, and
-# offered by the CLI, only once it does what it says.
+# -O2: -O1 plus W8A8 int8 (int8 weights per output channel, activations quantized per token
+# at run time, SmoothQuant on --calibrate or generated inputs), the one approximate pass a
+# preset holds, judged by its own default bar (QuantizeInt8.drift_bar). W8A8 rather than
+# weight-only: ONNX Runtime folds weight-only int8 back to float at load (fp32 speed), W8A8
+# runs integer matmuls (benchmarks/cpu_latency.py, README's INT8 section). merge-linears is
+# in no preset: one matmul for Q/K/V and gate/up measured no faster on ONNX Runtime's CPU
+# provider (W8A8: 1.10x the time on the Llama-style model, 1.0x on the BERT-style one; fp32 too).
+# Items are pipeline items (`name{options}`). A preset is listed, and offered by the CLI,
+# only once it does what it says.
 PRESETS: dict[str, tuple[str, ...]] = {
     "O0": _CLEANUP,
     "O1": _EXACT,
-    "O2": _EXACT + ("quantize-int8",),
+    "O2": _EXACT + ("quantize-int8{mode=w8a8}",),
 }
 
 
@@ -206,7 +212,7 @@ class Pipeline:
         passes: list[Pass] = []
         for item in split_top(text):
             if item.strip().lstrip("-") in PRESETS:  # a preset inside a pipeline: `-O1,window{size=512}`
-                passes.extend(get_pass(n)() for n in PRESETS[item.strip().lstrip("-")])
+                passes.extend(preset_passes(item.strip().lstrip("-")))
             else:
                 passes.append(_parse_item(item, text))
         return cls(tuple(passes))
@@ -230,7 +236,7 @@ class Pipeline:
         key = key if key.startswith("O") else f"O{key}"
         if key not in PRESETS:
             raise UserError(f"unknown preset {level!r}; valid presets: {', '.join('-' + k for k in PRESETS)}")
-        return cls(tuple(get_pass(n)() for n in PRESETS[key]))
+        return cls(preset_passes(key))
 
     def __str__(self) -> str:
         return ",".join(str(p) for p in self.passes)
@@ -314,6 +320,11 @@ def _format_option(value: Any) -> str:
         # bare words print bare; anything that could confuse the pipeline grammar is quoted
         return value if re.fullmatch(r"[A-Za-z0-9_.\-/:+]+", value) else json.dumps(value)
     return str(value)
+
+
+def preset_passes(key: str) -> tuple[Pass, ...]:
+    """The configured passes of preset `key` ("O1"): its items parsed like pipeline items."""
+    return tuple(_parse_item(item, ",".join(PRESETS[key])) for item in PRESETS[key])
 
 
 def _parse_item(item: str, text: str) -> Pass:

@@ -182,11 +182,16 @@ def test_presets():
     assert str(Pipeline.preset("O0")) == "fold-shapes,cse,dce"
     assert str(Pipeline.preset("-O1")) == "fold-shapes,cse,lift-moe,lift-attention,lift-linear-attention,fuse-rope,fuse-activation,fuse-norm,sparsify-moe,dce"
     assert Pipeline.preset("-O1") == Pipeline.preset(1) == Pipeline.from_spec("O1")
-    for key, names in PRESETS.items():
-        # approximate attention rewrites are never in a preset; -O2 adds int8 weight-only to -O1
-        assert [n for n in names if not all_passes()[n].exact] == (["quantize-int8"] if key == "O2" else [])
-    assert PRESETS["O2"] == PRESETS["O1"] + ("quantize-int8",)
-    assert str(Pipeline.preset("O2")).endswith(",dce,quantize-int8")  # its defaults: weight_only, per channel
+    for key in PRESETS:
+        # approximate attention rewrites are never in a preset; -O2 adds W8A8 int8 to -O1
+        names = [p.name for p in Pipeline.preset(key).passes if not p.exact]
+        assert names == (["quantize-int8"] if key == "O2" else [])
+    # -O2: -O1, then W8A8 (weights per channel, activations per token, SmoothQuant)
+    assert PRESETS["O2"] == PRESETS["O1"] + ("quantize-int8{mode=w8a8}",)
+    assert str(Pipeline.preset("O2")).endswith(",dce,quantize-int8{mode=w8a8}")
+    assert Pipeline.preset("O2") == Pipeline.parse("-O2") == Pipeline.parse(str(Pipeline.preset("O2")))
+    # weight-only stays one pipeline away
+    assert str(Pipeline.parse("-O1,quantize-int8")).endswith(",dce,quantize-int8")
     # a preset exists only once it does what it says
     with pytest.raises(UserError, match="valid presets: -O0, -O1, -O2$"):
         Pipeline.preset("O3")
