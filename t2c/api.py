@@ -12,7 +12,7 @@ import torch
 from .backends import DEFAULT_TARGET, Runner, get_backend
 from .errors import UserError
 from .frontends.loaders import LoadedModel, default_dynamic_dims, name_examples
-from .ir import Graph, parse_graph
+from .ir import Graph, SymDim, parse_graph
 from .passes.manager import Pipeline
 
 
@@ -37,7 +37,29 @@ class CompiledModel:
         names = [v.name for v in self.graph.inputs]
         positional = graph_inputs(self.graph, dict(zip(names, args)))
         args = tuple(positional.get(n, a) for n, a in zip(names, args)) + args[len(names):]
+        self._check_constraints({**dict(zip(names, args)), **kwargs})
         return self.runner(*args, **graph_inputs(self.graph, kwargs))
+
+    def _check_constraints(self, inputs: Mapping[str, Any]) -> None:
+        """Refuse inputs that break the graph's constraints (`seq % 4 == 0`, `seq <= 2048`) with a plain message.
+
+        The ONNX artifact refuses them too (a Reshape named after the constraint fails), but
+        in ONNX Runtime's words; checking here first says what is wrong and what would do.
+        """
+        if not self.graph.constrained_symbols():
+            return
+        bindings: dict[str, int] = {}
+        for v in self.graph.inputs:
+            t = inputs.get(v.name)
+            shape = getattr(t, "shape", None)
+            if shape is None or len(shape) != v.type.rank:
+                continue
+            for d, n in zip(v.type.shape, shape):
+                if isinstance(d, SymDim) and d.expr in self.graph.constrained_symbols():
+                    bindings.setdefault(d.expr, int(n))
+        broken = self.graph.check_constraints(bindings)
+        if broken:
+            raise UserError(f"input shapes break the compiled model's constraints: {'; '.join(broken)} ")
 
     @property
     def ok(self) -> bool | None:

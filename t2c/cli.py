@@ -159,6 +159,8 @@ def summary_lines(report: dict, out_dir: str) -> str:
     backend = get_backend(report["target"])
     described = backend.describe(backend.options_from_report(report))
     lines = [f"wrote {os.path.join(out_dir, backend.artifact)} ({described}): {nodes['traced']} -> {nodes['final']} IR nodes"]
+    if report.get("constraints"):  # the dynamic dims are not free: other sizes are refused at run time
+        lines.append("  input constraints: " + ", ".join(report["constraints"]) + " (other sizes are refused at run time)")
     if report["passes"]:
         lines.append("  passes: " + ", ".join(f"{p['pass']} {p['nodes_before']}->{p['nodes_after']}" for p in report["passes"]))
     # An upcast of a half checkpoint to float32 is approximate only against the half model: its

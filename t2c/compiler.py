@@ -139,6 +139,8 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
         dynamic = {} if options.static else loaded.dynamic_dims
         graph = trace(module, examples, dynamic, name=type(module).__name__)
         verify(graph)
+    if graph.constraint_lines():  # what the inputs' dynamic dims must obey (`seq % 4 == 0`, `seq <= 2048`): other sizes are refused
+        report["constraints"] = graph.constraint_lines()
     report["op_counts"] = {"traced": graph.op_counts()}
     report["node_count"] = {"traced": len(graph.nodes)}
 

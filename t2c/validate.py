@@ -201,7 +201,9 @@ def second_shape_candidates(graph: Graph, examples: Mapping[str, torch.Tensor], 
     3. batch + 1 and the other dims one shorter, values tiled (models that cannot go longer
        than the traced length: a position table exactly that long).
     A symbol's growth follows the label it was traced under: `batch`, `batch2` (the same
-    axis, when torch.export kept two symbols for it) all grow as a batch.
+    axis, when torch.export kept two symbols for it) all grow as a batch. A symbol the graph
+    constrains (`seq % 4 == 0`) moves to the nearest multiple in the same direction, and
+    one it bounds (`seq <= 2048`) stops at the bound.
     """
     grown = _sizes(graph, examples, lambda label, n: n + 1 if label == "batch" else n + n // 2 + 1)
     yield _random_inputs(graph, examples, grown, seed)
@@ -214,8 +216,16 @@ def _sizes(graph: Graph, examples: Mapping[str, torch.Tensor], rule) -> dict[str
     sizes: dict[str, int] = {}
     for v in graph.inputs:
         for d, n in zip(v.type.shape, examples[v.name].shape):
-            if isinstance(d, SymDim) and d.expr in d.symbols:
-                sizes.setdefault(d.expr, rule(re.sub(r"\d+$", "", d.expr), n))
+            if isinstance(d, SymDim) and d.expr in d.symbols and d.expr not in sizes:
+                size = rule(re.sub(r"\d+$", "", d.expr), n)
+                m = graph.constraints.get(d.expr)
+                bound = graph.bounds.get(d.expr)
+                if bound is not None:  # never past the graph's bound (`seq <= 2048`)
+                    size = min(size, bound)
+                if m:  # grown: round up (within the bound); shrunk: round down, never below one multiple
+                    up = -(-size // m) * m
+                    size = up if size >= n and (bound is None or up <= bound) else max(m, size // m * m)
+                sizes[d.expr] = size
     return sizes
 
 

@@ -13,7 +13,10 @@ Steps, in order:
 Symbols: the dims torch.export made dynamic are named after their labels (`batch`,
 `seq`); an unbacked SymInt (`u0`: a size only the data decides, such as the row
 count of `nonzero`) becomes a data-dependent dim `n0`, `n1`, ... in order of
-appearance, named by the conversion of the op that computes it.
+appearance, named by the conversion of the op that computes it. A dim torch.export
+needs divisible (`seq = 4*_seq`, windows of 4) stays `seq` with the graph constraint
+`seq % 4 == 0`; a Max/Min the traced range decides becomes its winner, the deciding
+bound a constraint `seq <= N` (see `_export_named` and `Converter._decide_min_max`).
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ def export(module: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_d
             # model constrains a dim (a position table of 512, say), named Dims are refused;
             # Dim.AUTO then lets torch.export keep what it can dynamic.
             try:
-                ep = _export(wrapper, examples, dynamic_dims, named=True)
+                ep = _export_named(wrapper, examples, dynamic_dims)
             except torch._dynamo.exc.UserError:  # type: ignore[attr-defined]
                 ep = _export(wrapper, examples, dynamic_dims, named=False)
         except torch._dynamo.exc.UserError as e:  # type: ignore[attr-defined]
@@ -126,17 +129,112 @@ def export(module: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_d
     return ep, output_names
 
 
-def _export(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]], *, named: bool):
+def _export(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]], *, named: bool, derived: dict[str, int] | None = None):
+    """`derived` {label: W}: that label's dim is exported as W * a root dim (`seq = 4*_seq`)."""
     dims: dict[str, Any] = {}
 
     def spec(label: str):
         if not named:
             return torch.export.Dim.AUTO
-        return dims.setdefault(label, torch.export.Dim(label))
+        if label not in dims:
+            w = (derived or {}).get(label)
+            dims[label] = w * torch.export.Dim(f"_{label}") if w else torch.export.Dim(label)
+        return dims[label]
 
     # Positional, in the order of `examples`; *inputs is one (tuple) argument to torch.export.
     shapes = tuple({axis: spec(label) for axis, label in dynamic_dims.get(name, {}).items()} or None for name in examples)
     return torch.export.export(wrapper, tuple(examples.values()), dynamic_shapes=(shapes,), strict=False)
+
+
+def _export_named(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]]):
+    """Export with one named Dim per label; a label torch.export needs divisible is retried as W * root.
+
+    A model that views `seq` tokens as `seq // W` windows of W only traces when seq is a
+    multiple of W: torch.export refuses a plain `seq` with a constraint violation whose
+    suggested fix is a derived dim (`_seq = Dim('_seq')`, `seq = 4*_seq`). t2c takes such
+    fixes (and only those: a bound such as `max=512` still falls back to Dim.AUTO), exports
+    again, and `convert` turns the root back into `seq` with the constraint `seq % 4 == 0`.
+    """
+    derived: dict[str, int] = {}
+    first: Exception | None = None
+    doubled = False
+    for _ in range(5):  # each retry may reveal the divisibility of one more label
+        try:
+            return _export(wrapper, _derived_examples(examples, dynamic_dims, derived), dynamic_dims, named=True, derived=derived)
+        except Exception as e:  # noqa: BLE001 - a retry that fails otherwise (the model refuses the longer example) is the first error's
+            if not isinstance(e, torch._dynamo.exc.UserError):  # type: ignore[attr-defined]
+                if first is None:
+                    raise
+                raise first from None
+            first = first or e
+            found = _suggested_multiples(str(e), dynamic_dims)
+            pinned = _suggested_pins(str(e), dynamic_dims, examples)
+            if found and not any(derived.get(k) == w for k, w in found.items()):
+                derived.update(found)
+            elif pinned and not doubled and not derived:
+                # `seq = 4` for an example of 4 tokens: one window, so torch pinned seq (its root
+                # would be 1). Once, try the example twice as long along the pinned labels.
+                doubled = True
+                examples = _tiled_examples(examples, dynamic_dims, pinned)
+            else:
+                raise first from None
+    assert first is not None
+    raise first
+
+
+_DERIVED_FIX = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*) = ([0-9]+)\*_([A-Za-z_][A-Za-z_0-9]*)\s*$")
+
+
+def _suggested_multiples(message: str, dynamic_dims: dict[str, dict[int, str]]) -> dict[str, int]:
+    """{label: W} for each `label = W*_label` line of torch.export's "Suggested fixes"."""
+    labels = {label for axes in dynamic_dims.values() for label in axes.values()}
+    _, _, fixes = message.partition("Suggested fixes:")
+    out = {}
+    for line in fixes.strip().split("\n\n")[0].splitlines():
+        m = _DERIVED_FIX.match(line)
+        if m and m.group(1) in labels and m.group(3) == m.group(1) and int(m.group(2)) > 1:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+_PIN_FIX = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*) = ([0-9]+)\s*$")
+
+
+def _suggested_pins(message: str, dynamic_dims: dict[str, dict[int, str]], examples: dict[str, torch.Tensor]) -> set[str]:
+    """Labels a `label = N` fix pins to their example's own size N."""
+    sizes = {label: examples[name].shape[axis] for name, axes in dynamic_dims.items() if name in examples
+             for axis, label in axes.items() if examples[name].dim() > axis}
+    _, _, fixes = message.partition("Suggested fixes:")
+    out = set()
+    for line in fixes.strip().split("\n\n")[0].splitlines():
+        m = _PIN_FIX.match(line)
+        if m and sizes.get(m.group(1)) == int(m.group(2)):
+            out.add(m.group(1))
+    return out
+
+
+def _tiled_examples(examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]], labels: set[str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, t in examples.items():
+        for axis, label in dynamic_dims.get(name, {}).items():
+            if label in labels and t.dim() > axis:
+                t = t.index_select(axis, torch.arange(2 * t.shape[axis]) % t.shape[axis])
+        out[name] = t
+    return out
+
+
+def _derived_examples(examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]], derived: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Examples whose derived dims are W * (a root >= 2): torch.export specialises a root of 1."""
+    if not derived:
+        return examples
+    out = {}
+    for name, t in examples.items():
+        for axis, label in dynamic_dims.get(name, {}).items():
+            w = derived.get(label)
+            if w and t.dim() > axis and t.shape[axis] < 2 * w and t.shape[axis] % w == 0:
+                t = t.index_select(axis, torch.arange(2 * w) % t.shape[axis])
+        out[name] = t
+    return out
 
 
 def _first_line(e: BaseException) -> str:
@@ -202,12 +300,92 @@ class Converter:
         unnamed = [s for s in expr.free_symbols if _is_unbacked(s) and s not in self.symbols]
         if unnamed:
             raise self.unsupported(f"a size known only at run time ({unnamed[0]}) that no op t2c converts computes")
-        return dim_from_sympy(_plain_sympy(expr).xreplace(self.symbols))
+        return dim_from_sympy(self._decide_min_max(_plain_sympy(expr)).xreplace(self.symbols))
+
+    def _decide_min_max(self, expr: sympy.Expr) -> sympy.Expr:
+        """Max/Min whose winner the dims' ranges decide, replaced by the winner.
+
+        An ALiBi table of `max_seq_len` sliced from `max(0, 2048 - seq)` has `2048 - Max(0, 2048 - seq)`
+        rows, which is `seq` only because the trace's guards hold seq <= 2048 (the add that
+        follows needs it; they hold it to 2047). The range of each symbol is the trace's
+        (`_ranges`); a finite upper bound in a decision becomes a constraint of the graph
+        (`seq <= 2047`), checked at run time.
+        """
+        def kind(e: sympy.Expr) -> str | None:  # sympy's Max/Min or torch's own (torch.utils._sympy.functions)
+            name = type(e).__name__
+            return name if name in ("Max", "Min") and isinstance(e, sympy.Basic) and e.args else None
+
+        if not any(kind(e) for e in sympy.preorder_traversal(expr)):
+            return expr
+        from torch.utils._sympy.value_ranges import bound_sympy
+
+        ranges = self._ranges()
+
+        def decide(e: sympy.Expr) -> sympy.Expr:
+            if not kind(e):
+                return e
+            for x in e.args:
+                diffs = [x - y for y in e.args if y is not x]
+                try:
+                    bounds = [bound_sympy(d, ranges) for d in diffs]
+                except Exception:  # noqa: BLE001 - an expression torch cannot bound stays as it is
+                    return e
+                if all((b.lower >= 0) if kind(e) == "Max" else (b.upper <= 0) for b in bounds):
+                    for d in diffs:
+                        self._record_bounds(d, ranges)
+                    return x
+            return e
+
+        return expr.replace(lambda e: kind(e) is not None, decide)
+
+    def _ranges(self) -> dict:
+        """Each input symbol's range: the program's range constraints, narrowed by the trace's guards.
+
+        With Dim.AUTO the guard `Eq(seq, 2048 - Max(0, 2048 - seq))` (the trace holds only for
+        seq <= 2048) narrows the shape env's range of seq but not `range_constraints`.
+        """
+        from torch.utils._sympy.value_ranges import ValueRanges
+
+        if "ranges" in self.memo:
+            return self.memo["ranges"]
+        ranges = {k: v for k, v in self.ep.range_constraints.items() if isinstance(k, sympy.Symbol)}
+        env = None
+        for node in self.ep.graph.nodes:
+            val = node.meta.get("val") if node.op == "placeholder" else None
+            env = getattr(getattr(val, "fake_mode", None), "shape_env", None)
+            if env is not None:
+                break
+        for sym, vr in (getattr(env, "var_to_range", None) or {}).items():
+            if sym in ranges:
+                ranges[sym] = ranges[sym] & vr
+        # torch assumes dynamic dims >= 2 (it specialises 0 and 1); the IR's run for 1 too (a
+        # decoder's single new token), so no decision may lean on more than >= 1.
+        ranges = {k: ValueRanges(min(v.lower, 1), v.upper) for k, v in ranges.items()}
+        self.memo["ranges"] = ranges
+        return ranges
+
+    def _record_bounds(self, expr: sympy.Expr, ranges: dict) -> None:
+        """`label <= N` for each input dim in `expr` whose exported range is bounded above."""
+        for s in expr.free_symbols:
+            vr = ranges.get(s)
+            named = self.symbols.get(s)
+            if vr is None or named is None or not vr.upper.is_finite or len(named.free_symbols) != 1:
+                continue
+            (label,) = named.free_symbols
+            scale = sympy.simplify(label / named)  # 1, or W for a derived dim (root = label/W)
+            if scale.is_Integer:
+                bound = int(vr.upper) * int(scale)
+                prev = self.graph.bounds.get(label.name)
+                self.graph.bounds[label.name] = bound if prev is None else min(prev, bound)
+
+    def _taken(self) -> set[str]:
+        """Names already used (a derived input dim maps to an expression, `seq/4`)."""
+        return {s.name for e in self.symbols.values() for s in e.free_symbols}
 
     def _bind_scalar(self, s: sympy.Symbol) -> None:
         from ..ir.opdefs.data_dependent import DataSizeAttrs
 
-        name = fresh_data_dim(x.name for x in self.symbols.values())
+        name = fresh_data_dim(self._taken())
         self.symbols[s] = sym_symbol(name)
         self.emit("data_size", [self.scalar_sources[s]], DataSizeAttrs(SymDim(name)))
 
@@ -216,14 +394,14 @@ class Converter:
 
         Without `size`: a fresh name for a data-dependent size torch's trace does not name."""
         if size is None:
-            name = fresh_data_dim(s.name for s in self.symbols.values())
+            name = fresh_data_dim(self._taken())
             self.symbols[sympy.Symbol(f"_t2c_{name}")] = sym_symbol(name)
             return SymDim(name)
         expr = size.node.expr if isinstance(size, torch.SymInt) else size
         if not (isinstance(expr, sympy.Symbol) and _is_unbacked(expr)):
             raise self.unsupported(f"expected a data-dependent size, got {size}")
         if expr not in self.symbols:
-            name = fresh_data_dim(s.name for s in self.symbols.values())
+            name = fresh_data_dim(self._taken())
             self.symbols[expr] = sym_symbol(name)
         return SymDim(self.symbols[expr].name)
 
@@ -289,6 +467,17 @@ class Unresolved:
     """
 
     error: Exception
+
+
+def _root_and_multiple(expr: sympy.Expr) -> tuple[sympy.Symbol | None, int]:
+    """`s` -> (s, 1); `4*s` (a derived dim) -> (s, 4); anything else -> (None, 0)."""
+    if isinstance(expr, sympy.Symbol):
+        return expr, 1
+    if isinstance(expr, sympy.Mul) and len(expr.args) == 2:
+        c, s = sorted(expr.args, key=lambda a: not a.is_Integer)
+        if c.is_Integer and int(c) > 1 and isinstance(s, sympy.Symbol):
+            return s, int(c)
+    return None, 0
 
 
 def _is_unbacked(s: sympy.Symbol) -> bool:
@@ -368,15 +557,21 @@ def convert(ep: torch.export.ExportedProgram, output_names: list[str], *, name: 
         if not isinstance(val, torch.Tensor):
             continue
         for axis, s in enumerate(val.shape):
-            if isinstance(s, torch.SymInt) and isinstance(s.node.expr, sympy.Symbol):
-                sym = s.node.expr
-                if sym not in conv.symbols:
-                    label = dim_names.get((in_name, axis), f"d{len(conv.symbols)}")
-                    if is_data_dim(label):  # n0, n1, ... name data-dependent dims
-                        label = f"{label}_"
-                    if sympy.Symbol(label, integer=True, positive=True) in conv.symbols.values():
-                        label = f"{label}{len(conv.symbols)}"
-                    conv.symbols[sym] = sympy.Symbol(label, integer=True, positive=True)
+            if not isinstance(s, torch.SymInt):
+                continue
+            sym, w = _root_and_multiple(s.node.expr)
+            if sym is not None and sym not in conv.symbols:
+                label = dim_names.get((in_name, axis), f"d{len(conv.symbols)}")
+                if is_data_dim(label):  # n0, n1, ... name data-dependent dims
+                    label = f"{label}_"
+                if sympy.Symbol(label, integer=True, positive=True) in conv.symbols.values():
+                    label = f"{label}{len(conv.symbols)}"
+                named = sympy.Symbol(label, integer=True, positive=True)
+                # A derived dim W*root (see `_export_named`): the input's dim is `label`, the
+                # root is label/W, exact under the constraint `label % W == 0` the graph records.
+                conv.symbols[sym] = named / w if w > 1 else named
+                if w > 1:
+                    graph.constraints[label] = w
     state = dict(ep.state_dict)
     state.update(getattr(ep, "constants", {}) or {})
     user_i = 0

@@ -351,6 +351,14 @@ class Graph:
     # for graphs parsed from text, whose params carry only their types).
     param_values: dict[str, Value] = field(default_factory=dict)
     params: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Divisibility the dynamic dims must obey, symbol -> modulus: {"seq": 4} is `seq % 4 == 0`
+    # (a model that views seq tokens as seq/4 windows of 4). The frontend records what
+    # torch.export required; shapes inside the graph are exact under it (`seq/4`), and
+    # every runner refuses inputs that break it (`check_constraints`).
+    constraints: dict[str, int] = field(default_factory=dict)
+    # Upper bounds, symbol -> largest size: {"seq": 2048} is `seq <= 2048` (a table of 2048
+    # positions that the trace sliced with `Max(0, 2048 - seq)`, decided as `2048 - seq`).
+    bounds: dict[str, int] = field(default_factory=dict)
 
     # -- construction -------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:
@@ -425,6 +433,21 @@ class Graph:
                         if s not in out:
                             out.append(s)
         return out
+
+    def constraint_lines(self) -> list[str]:
+        """The constraints as text, `seq % 4 == 0` then `seq <= 2048`, in symbol order."""
+        return ([f"{s} % {m} == 0" for s, m in sorted(self.constraints.items())]
+                + [f"{s} <= {n}" for s, n in sorted(self.bounds.items())])
+
+    def constrained_symbols(self) -> set[str]:
+        return set(self.constraints) | set(self.bounds)
+
+    def check_constraints(self, bindings: dict[str, int]) -> list[str]:
+        """What the bound dims break: `seq = 10, but the graph needs seq % 4 == 0`, one line each."""
+        return ([f"{s} = {bindings[s]}, but the graph needs {s} % {m} == 0"
+                 for s, m in sorted(self.constraints.items()) if s in bindings and bindings[s] % m]
+                + [f"{s} = {bindings[s]}, but the graph needs {s} <= {n}"
+                   for s, n in sorted(self.bounds.items()) if s in bindings and bindings[s] > n])
 
     def __iter__(self) -> Iterator[Node]:
         return iter(list(self.nodes))

@@ -32,6 +32,9 @@ def bind_dims(graph: Graph, inputs: Sequence[torch.Tensor]) -> dict[str, int]:
         want = v.type.concrete_shape(bindings)
         if tuple(t.shape) != want:
             raise UserError(f"input {v.name!r} has shape {tuple(t.shape)}, the graph expects {want} ({v.type})")
+    broken = graph.check_constraints(bindings)
+    if broken:  # the graph's shapes (`seq/4`) would be fractions: refuse rather than truncate
+        raise UserError(f"input shapes break the graph's constraints: {'; '.join(broken)}")
     return bindings
 
 

@@ -172,6 +172,15 @@ def parse_graph(text: str) -> Graph:
                 if not m:
                     raise ValueError("expected: input %N \"name\" : TYPE")
                 _define(env, m.group(1), g.add_input(json.loads(m.group(2)), parse_type(m.group(3))))
+            elif line.startswith("constraint "):
+                m = re.fullmatch(r"constraint ([A-Za-z_][A-Za-z_0-9]*) % ([0-9]+) == 0", line)
+                b = re.fullmatch(r"constraint ([A-Za-z_][A-Za-z_0-9]*) <= ([0-9]+)", line)
+                if m:
+                    g.constraints[m.group(1)] = int(m.group(2))
+                elif b:
+                    g.bounds[b.group(1)] = int(b.group(2))
+                else:
+                    raise ValueError("expected: constraint SYMBOL % N == 0, or constraint SYMBOL <= N")
             elif line.startswith("param "):
                 m = re.fullmatch(r"param (@[A-Za-z0-9_.\-]+) : (.+)", line)
                 if not m:
@@ -185,7 +194,7 @@ def parse_graph(text: str) -> Graph:
             elif line.startswith("%"):
                 _parse_node(g, env, line)
             else:
-                raise ValueError("expected graph, input, param, output or a node")
+                raise ValueError("expected graph, input, constraint, param, output or a node")
         except IRParseError:
             raise
         except (ValueError, KeyError, TypeError, VerifyError) as e:

@@ -87,6 +87,7 @@ def print_graph(graph: Graph, *, comments: bool = False) -> str:
     lines = [f"graph {graph.name}"]
     for v in graph.inputs:
         lines.append(f"input {name(v)} {json.dumps(v.name)} : {v.type}")
+    lines.extend(f"constraint {c}" for c in graph.constraint_lines())
     for pname, v in graph.param_values.items():
         lines.append(f"param @{pname} : {v.type}")
     last_scope = None

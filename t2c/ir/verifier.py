@@ -63,6 +63,13 @@ def verify(graph: Graph) -> None:
     defined: set[int] = {id(v) for v in graph.inputs} | {id(v) for v in graph.param_values.values()}
     # Dims in scope: the inputs' symbols, then each data-dependent dim from the node that computes it.
     bound: set[str] = {s for v in graph.inputs for d in v.type.shape if isinstance(d, SymDim) for s in d.symbols}
+    bare = {d.expr for v in graph.inputs for d in v.type.shape if isinstance(d, SymDim) and d.expr in d.symbols}
+    for sym, m in graph.constraints.items():
+        if sym not in bare or not isinstance(m, int) or m < 2:
+            raise VerifyError(f"constraint {sym} % {m} == 0 must name an input dim (a bare symbol) and a modulus >= 2")
+    for sym, n in graph.bounds.items():
+        if sym not in bare or not isinstance(n, int) or n < 1:
+            raise VerifyError(f"constraint {sym} <= {n} must name an input dim (a bare symbol) and a bound >= 1")
     for pname, v in graph.param_values.items():
         if v.name != pname or v.producer is not None:
             raise VerifyError(f"param @{pname} is malformed")

@@ -148,7 +148,7 @@ class _Converter:
         self.old = graph
         self.target = target
         self.source = working_dtype(graph)
-        self.new = Graph(graph.name, constraints=dict(graph.constraints))
+        self.new = Graph(graph.name, constraints=dict(graph.constraints), bounds=dict(graph.bounds))
         self.values: dict[int, Value] = {}  # id(old value) -> new value
         self.kinds: dict[int, str] = {}  # id(new value) -> ACT / ACC / CONST
         self.casts: dict[tuple[int, DType], Value] = {}  # (id(new value), dtype) -> its cast

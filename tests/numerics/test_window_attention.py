@@ -5,8 +5,10 @@ and attended with matmul/softmax (or SDPA, causal within each window), and the w
 back. lift-attention turns that into one `attention` over the un-windowed sequence with
 `block=W` (plus `causal` for the causal form), which ONNX lowers to its blocked form: no
 S x S tensor anywhere. Each module is compiled with -O1 at two sequence lengths, multiples of W
-(the sequence is static in the trace: torch.export cannot keep `seq // W` windows of a symbolic
-seq), and the ONNX Runtime artifact is checked against eager at two batch sizes.
+(a static sequence), and the ONNX Runtime artifact is checked against eager at two batch sizes.
+With `seq` dynamic too, one artifact serves every multiple of W: the trace records the
+constraint `seq % 4 == 0` (torch.export needs it to keep `seq // W` windows of a symbolic seq),
+and the artifact refuses other lengths at run time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import t2c
+from t2c.errors import UserError
+from t2c.ir import run_graph
 
 W = 4
 
@@ -125,3 +129,43 @@ def test_dynamic_window_count_one_artifact_two_lengths(tmp_path):
         with torch.no_grad():
             want = model(feed)
         assert (got - want).abs().max().item() <= 1e-5, (batch, n)
+
+
+@pytest.mark.parametrize("form", ["matmul", "sdpa-causal"])
+def test_dynamic_seq_one_artifact_multiples_of_window(form, tmp_path):
+    """seq dynamic: one artifact for 8, 12 and 20 tokens; 10 tokens is refused, never truncated to 2 windows."""
+    torch.manual_seed(0)
+    model = WindowBlock(sdpa_causal=form == "sdpa-causal").eval()
+    out = tmp_path / "out"
+    compiled = t2c.compile(model, {"x": torch.randn(2, 3 * W, 32)}, passes="-O1", out=str(out),
+                           dynamic_dims={"x": {0: "batch", 1: "seq"}})
+    assert compiled.ok is True
+    assert str(compiled.graph.inputs[0].type) == "f32[batch,seq,32]"
+    assert compiled.graph.constraints == {"seq": W} and compiled.report["constraints"] == ["seq % 4 == 0"]
+    assert "constraint seq % 4 == 0" in (out / "model.t2c").read_text()
+    assert [c["shape"] for c in compiled.report["validation"]["artifact_vs_ir"]] == ["x=2x12x32", "x=3x20x32"]
+    lift = next(p for p in compiled.report["passes"] if p["pass"] == "lift-attention")
+    assert lift["stats"]["lifted"] == 2 and lift["stats"]["windowed"] == 2, lift["stats"]
+    for n in (n for n in compiled.graph.nodes if n.op == "attention"):
+        assert n.attrs.block == W and str(n.inputs[0].type.shape[2]) == "seq", n
+
+    session = ort.InferenceSession(os.path.join(out, "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch, seq in [(1, 2 * W), (3, 5 * W)]:
+        feed = torch.randn(batch, seq, 32, generator=torch.Generator().manual_seed(seq))
+        got = torch.from_numpy(session.run(None, {"x": feed.numpy()})[0])
+        with torch.no_grad():
+            want = model(feed)
+        assert (got - want).abs().max().item() <= 1e-5, (batch, seq)
+        assert (compiled(x=feed)["output"] - want).abs().max().item() <= 1e-5, (batch, seq)
+
+    bad = torch.randn(1, 10, 32)
+    # The artifact itself: a Reshape named after the constraint fails in plain ONNX Runtime.
+    with pytest.raises(Exception, match="must be a multiple of 4"):
+        session.run(None, {"x": bad.numpy()})
+    # t2c's runner and the interpreter say it in their own words, before running anything.
+    with pytest.raises(UserError, match=r"seq = 10, but the graph needs seq % 4 == 0"):
+        compiled(x=bad)
+    with pytest.raises(UserError, match=r"seq % 4 == 0"):
+        run_graph(compiled.graph, {"x": bad})
+    with pytest.raises(UserError, match=r"seq % 4 == 0"):
+        t2c.load(str(out))(x=bad)

@@ -40,6 +40,7 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
             raise UserError(f"static=True needs static input shapes; trace with static shapes ({', '.join(dynamic)})")
 
     ctx = Context(graph, opset, flavor=fl)
+    _check_constraints(ctx, graph)
     for node in graph.nodes:
         ctx.current_op = node.op
         for v, name in zip(node.outputs, lower_node(ctx, node)):
@@ -66,6 +67,36 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
     model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)  # contrib domains have no IR table
     check(model)
     return model
+
+
+def _check_constraints(ctx: Context, graph: Graph) -> None:
+    """Make the artifact itself refuse inputs that break the graph's constraints (`seq % 4 == 0`, `seq <= 2048`).
+
+    ONNX has no assert op, so each input with a constrained dim is reshaped (allowzero=1) to its
+    own shape with that dim rounded down to a multiple (`4*floor(seq/4)`) and clipped to its
+    bound (`Min(seq,2048)`), and every node reads
+    the reshaped tensor. A conforming input passes unchanged (a metadata-only Reshape); any
+    other fails in ONNX Runtime with an error naming this node, whose name states the
+    constraint, instead of computing `seq/4` windows by truncation. t2c's own runner
+    (`t2c.load`, `t2c.compile`'s result) checks the same before it calls ONNX Runtime, with
+    a plain message.
+    """
+    for v in graph.inputs:
+        axes = [(axis, d.expr) for axis, d in enumerate(v.type.shape) if isinstance(d, SymDim) and d.expr in graph.constrained_symbols()]
+        if not axes:
+            continue
+        shape, what = list(v.type.shape), []
+        for axis, sym in axes:
+            m, n = graph.constraints.get(sym, 1), graph.bounds.get(sym)
+            size = sym if n is None else f"Min({sym},{n})"  # a bound: the size clipped to it
+            shape[axis] = SymDim(size if m == 1 else f"{m}*floor({size}/{m})")
+            rules = ([f"a multiple of {m}"] if m > 1 else []) + ([f"at most {n}"] if n is not None else [])
+            what.append(f"axis {axis} ({sym}) must be {' and '.join(rules)}")
+        ctx.current_op = "constraint"
+        checked = ctx.emit("Reshape", [v.name, ctx.shape(shape)], allowzero=1)
+        what = ", ".join(what)
+        ctx.nodes[-1].name = f"t2c constraint: input {v.name} {what}"
+        ctx.bind(v, checked)
 
 
 def check(model: onnx.ModelProto) -> None:
