@@ -52,7 +52,7 @@ _EXACT = ("fold-shapes", "cse", "lift-moe", "lift-attention", "lift-linear-atten
 # weight-only: ONNX Runtime folds weight-only int8 back to float at load (fp32 speed), W8A8
 # runs integer matmuls (benchmarks/cpu_latency.py, README's INT8 section). merge-linears is
 # in no preset: one matmul for Q/K/V and gate/up measured no faster on ONNX Runtime's CPU
-# provider (W8A8: 1.10x the time on the Llama-style model, 1.0x on the BERT-style one; fp32 too).
+# provider (W8A8: 1.07-1.10x the time on the Llama-style model, 0.99-1.05x on the BERT-style one).
 # Items are pipeline items (`name{options}`). A preset is listed, and offered by the CLI,
 # only once it does what it says.
 PRESETS: dict[str, tuple[str, ...]] = {

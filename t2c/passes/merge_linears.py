@@ -18,8 +18,8 @@ router or the LM head, kept float, apart from the int8 linears beside it) and
 after the lifting and fusion passes, which match the separate projections.
 
 In no preset: on ONNX Runtime's CPU provider (one thread, hidden 256, 256 tokens)
-the merged graph measured no faster: W8A8 1.10x the unmerged time on a
-Llama-style decoder, 1.0x on a BERT-style encoder, float32 1.05x on both (the
+the merged graph measured no faster: W8A8 1.07x-1.10x the unmerged time on a
+Llama-style decoder, 0.99x-1.05x on a BERT-style encoder, float32 1.02x-1.06x (the
 Split copies and the wider scale epilogue are suspects; not isolated). Name it
 (`-O2,merge-linears`) where a runtime gains from fewer, wider matmuls.
 
