@@ -125,6 +125,18 @@ def _second_shape(module: torch.nn.Module, graph: Graph, examples: dict[str, tor
     return None
 
 
+def _traced_static(graph: Graph, dynamic: dict[str, dict[int, str]], examples: dict[str, torch.Tensor]) -> list[str]:
+    """`seq = 128` for each dynamic label no input dim of the traced graph keeps symbolic."""
+    kept = {d.expr for v in graph.inputs for d in v.type.shape if hasattr(d, "expr")}
+    kept |= {s.rstrip("0123456789") for s in kept}
+    out = {}
+    for v in graph.inputs:
+        for axis, label in dynamic.get(v.name, {}).items():
+            if label not in kept and axis < v.type.rank and isinstance(v.type.shape[axis], int) and v.name in examples:
+                out.setdefault(label, f"{label} = {v.type.shape[axis]}")
+    return list(out.values())
+
+
 def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *, progress: Progress = _quiet) -> CompileResult:
     """Compile a loaded model into `out_dir`; raises ValidationError (exit 1) or UserError (exit 2)."""
     backend, target_options = options.backend, options.backend_options()
@@ -141,6 +153,10 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
         verify(graph)
     if graph.constraint_lines():  # what the inputs' dynamic dims must obey (`seq % 4 == 0`, `seq <= 2048`): other sizes are refused
         report["constraints"] = graph.constraint_lines()
+    static = _traced_static(graph, dynamic, examples)
+    if static:  # torch.export pinned a dim asked to be dynamic (BigBird's block-sparse plan fixes seq): say so
+        report.setdefault("warnings", []).append(
+            "traced with a static " + ", ".join(static) + " although asked dynamic: the model's code fixes it; other sizes need another compile")
     report["op_counts"] = {"traced": graph.op_counts()}
     report["node_count"] = {"traced": len(graph.nodes)}
 

@@ -115,3 +115,23 @@ def test_max_decided_by_the_trace_range_becomes_a_bound():
     assert torch.equal(run_graph(g, {"x": x})["output"], model(x))
     with pytest.raises(UserError, match="seq <= "):
         run_graph(g, {"x": torch.randn(1, 17)})
+
+
+class Pinned(nn.Module):
+    """seq must be 6: a table added whole, as BigBird's block-sparse plan fixes its sequence length."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.arange(6.0))
+
+    def forward(self, x):
+        return x + self.table
+
+
+def test_a_dim_the_model_pins_is_a_warning(tmp_path):
+    import t2c
+
+    compiled = t2c.compile(Pinned(), {"x": torch.randn(2, 6)}, out=str(tmp_path / "o"), dynamic_dims={"x": {0: "batch", 1: "seq"}})
+    assert str(compiled.graph.inputs[0].type) == "f32[batch,6]"
+    assert any("static seq = 6 although asked dynamic" in w for w in compiled.report["warnings"]), compiled.report.get("warnings")
+    assert "constraints" not in compiled.report
