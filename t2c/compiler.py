@@ -179,11 +179,12 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
             shapes.append(second[0])
             eager.append(second[1])
         references = _eager_references(module, precision, shapes, eager, report)
-        eager = references.get(str(precision.primary), eager)
+    traced_reference = eager  # the model in its own dtype: what the traced IR must reproduce
+    eager = references.get(str(precision.primary), eager)
 
     calibration = Calibration(load_calibration(options.calibrate, graph), source=options.calibrate) if options.calibrate else Calibration()
     with _stage(report, "passes", progress), calibrating(calibration):
-        graph, report["passes"] = _run_passes(graph, options, shapes, eager, progress)
+        graph, report["passes"], report["traced_vs_eager"] = _run_passes(graph, options, shapes, eager, progress, traced_reference)
     if calibration.notes:
         report.setdefault("warnings", []).extend(calibration.notes)
     report["op_counts"]["final"] = graph.op_counts()
@@ -202,7 +203,7 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
         if options.validate:
             with _stage(report, "validate", progress):
                 runner = backend.load(tmp, target_options)
-                report["validation"] = _validate_artifact(runner, graph, shapes, options, report["passes"], precision, references)
+                report["validation"] = _validate_artifact(runner, graph, shapes, options, report["passes"], precision, references, report["traced_vs_eager"])
         else:
             report["validation"] = {"ok": None, "skipped": True}
         if "vs_eager_dtypes" in report["validation"]:
@@ -217,12 +218,19 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
     return CompileResult(out_dir, graph, report)
 
 
-def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: Progress):
+def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: Progress, traced_reference=()):
     """Run the pipeline pass by pass; after each, the IR is compared with eager (the drift so far)
-    and with the IR before the pass (what this pass alone changed: exact passes must change nothing)."""
+    and with the IR before the pass (what this pass alone changed: exact passes must change nothing).
+
+    Returns (graph, pass records, the traced IR against `traced_reference`: eager in the
+    checkpoint's dtype, the frontend's own exactness)."""
     records = []
     passes = options.pipeline.passes
     previous, layers_before, _ = _run_ir(graph, shapes, bool(eager) and bool(passes) and not type(passes[0]).exact)
+    traced = [
+        {"shape": shape_label(inp), "outputs": [c.as_json() for c in compare_all(now, want)]}
+        for inp, now, want in zip(shapes, previous, traced_reference)
+    ]
     for i, p in enumerate(passes):
         graph, (record,) = Pipeline((p,)).run(graph, verify_each=True)
         entry = {
@@ -249,7 +257,7 @@ def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: 
             previous = current
         records.append(entry)
         progress("passes", f"{record.name}: {record.node_count_before} -> {record.node_count_after} nodes")
-    return graph, records
+    return graph, records, traced
 
 
 def _run_ir(graph: Graph, shapes, probe: bool):
@@ -281,7 +289,7 @@ def _eager_references(module, precision: Precision, shapes, eager, report: dict)
 
 
 def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pass_records,
-                       precision: Precision | None = None, references: dict | None = None) -> dict:
+                       precision: Precision | None = None, references: dict | None = None, traced=()) -> dict:
     """Artifact vs interpreter at every shape, plus the exactness of exact passes vs eager.
 
     With eager references in several dtypes (precision.py), the artifact's outputs are also
@@ -311,7 +319,9 @@ def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pa
         summary = f"the {options.target} artifact differs from the IR: output {bad.name!r} max abs error {bad.max_abs:.3g} > atol {bad.atol:g} (rtol {bad.rtol:g})"
         if noisy is not None:
             summary = f"the {options.target} artifact differs from the IR beyond quantization noise: output {bad.name!r} cosine {bad.cosine:.6f} < {noisy.min_cosine:g}"
-    drift_ok, drift_summary = _judge_drift(pass_records, options)
+    drift_ok, drift_summary = _judge_traced(traced)
+    if drift_ok:
+        drift_ok, drift_summary = _judge_drift(pass_records, options)
     if ok and not drift_ok:
         summary = drift_summary
     result = {"ok": ok and drift_ok, "summary": summary, "artifact_vs_ir": checks, "max_drift": options.max_drift}
@@ -331,6 +341,20 @@ def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pa
 def dtype_name(ir_name: str) -> str:
     """float32 for f32: the names `--dtype` takes."""
     return next((n for d, n in _DTYPE_NAMES.items() if str(d) == ir_name), ir_name)
+
+
+def _judge_traced(traced) -> tuple[bool, str]:
+    """The traced IR must reproduce eager PyTorch before any pass runs: otherwise a frontend
+    conversion is wrong, or eager itself is not a function of its inputs (a top-k over tied
+    scores, whose order torch leaves unspecified), and the artifact would differ from the
+    model without any pass or lowering being at fault."""
+    for check in traced:
+        for out in check["outputs"]:
+            if not out["ok"]:
+                return False, (f"the traced IR differs from eager PyTorch before any pass: output {out['name']!r} by {float(out['max_abs']):.3g} "
+                               f"(> atol {out['atol']:g}) at {check['shape']} (a frontend conversion, or a model whose eager result "
+                               "is not determined by its inputs, e.g. top-k over tied router scores); please report it")
+    return True, "ok"
 
 
 def _judge_drift(pass_records, options: "CompileOptions") -> tuple[bool, str]:
