@@ -263,12 +263,45 @@ def _onnx_nodes(path: str) -> int | None:
         return None
 
 
-def second_shape(session, examples: dict, seed: int = 0, grow: bool = True) -> dict:
+def _constraints(path: str) -> tuple[dict[str, int], dict[str, int]]:
+    """({label: W} for `label % W == 0`, {label: N} for `label <= N`) from the report.json beside `path`, if any."""
+    multiples: dict[str, int] = {}
+    bounds: dict[str, int] = {}
+    try:
+        with open(os.path.join(os.path.dirname(path), "report.json")) as f:
+            lines = json.load(f).get("constraints") or []
+    except (OSError, ValueError):
+        return multiples, bounds
+    for line in lines:
+        m = re.fullmatch(r"\s*(\w+)\s*%\s*(\d+)\s*==\s*0\s*", line)
+        if m:
+            multiples[m.group(1)] = int(m.group(2))
+        m = re.fullmatch(r"\s*(\w+)\s*<=\s*(\d+)\s*", line)
+        if m:
+            bounds[m.group(1)] = int(m.group(2))
+    return multiples, bounds
+
+
+def _obey(label: str, size: int, n: int, constraints: tuple[dict[str, int], dict[str, int]] | None) -> int:
+    """`size` moved as t2c's validation moves it: to a multiple the graph needs (up when growing, down when
+    shrinking, never below one multiple), never past its bound."""
+    multiples, bounds = constraints or ({}, {})
+    bound, m = bounds.get(label), multiples.get(label)
+    if bound is not None:
+        size = min(size, bound)
+    if m:
+        up = -(-size // m) * m
+        size = up if size >= n and (bound is None or up <= bound) else max(m, size // m * m)
+    return size
+
+
+def second_shape(session, examples: dict, seed: int = 0, grow: bool = True, constraints: tuple[dict[str, int], dict[str, int]] | None = None) -> dict:
     """Inputs at t2c's second validation shape for an ONNX graph: every dynamic axis changes (axis 0 -> n+1,
     others -> n*1.5+1, or n*3/4 with grow=False, for models whose position table is no longer than the
     example), values drawn like the example's (as t2c.validate.second_shape_candidates draws them), except
     that they keep the testers' constraints: attention masks keep their first column 1 (no fully masked
-    query row, whose output is the implementation's choice) and boxes keep x0 <= x1, y0 <= y1."""
+    query row, whose output is the implementation's choice) and boxes keep x0 <= x1, y0 <= y1; and the
+    graph's own `constraints` (`seq % 8 == 0`, `seq <= 2047`, from t2c's report), as t2c's validation does."""
     import torch
 
     sizes: dict[str, int] = {}
@@ -276,7 +309,8 @@ def second_shape(session, examples: dict, seed: int = 0, grow: bool = True) -> d
         ex = examples[i.name]
         for axis, (d, n) in enumerate(zip(i.shape, ex.shape)):
             if isinstance(d, str):
-                sizes.setdefault(d, n + 1 if axis == 0 else (n + n // 2 + 1 if grow else max(2, n * 3 // 4)))
+                if d not in sizes:
+                    sizes[d] = _obey(d, n + 1 if axis == 0 else (n + n // 2 + 1 if grow else max(2, n * 3 // 4)), n, constraints)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for i in session.session.get_inputs():
@@ -323,8 +357,9 @@ def check_onnx(model, inputs: dict, path: str) -> dict:
     first = {k: v for k, v in inputs.items() if k in session.input_names}
     checks = [(first, None)]
     second = "none: eager rejects both"
+    constraints = _constraints(path)
     for grow in (True, False):
-        feed = second_shape(session, first, grow=grow)
+        feed = second_shape(session, first, grow=grow, constraints=constraints)
         try:
             with torch.no_grad():
                 want = flatten_outputs(model(**_full_feed(inputs, feed)))

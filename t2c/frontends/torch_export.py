@@ -121,6 +121,7 @@ def export(module: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_d
                 ep = _export_named(wrapper, examples, dynamic_dims)
             except torch._dynamo.exc.UserError:  # type: ignore[attr-defined]
                 ep = _export(wrapper, examples, dynamic_dims, named=False)
+                ep = _unpinned(ep, wrapper, examples, dynamic_dims)
         except torch._dynamo.exc.UserError as e:  # type: ignore[attr-defined]
             raise UserError(f"torch.export could not trace the model: {_first_line(e)}") from e
         except Exception as e:  # noqa: BLE001 - surface the first line, keep the cause for --debug
@@ -144,6 +145,98 @@ def _export(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic
     # Positional, in the order of `examples`; *inputs is one (tuple) argument to torch.export.
     shapes = tuple({axis: spec(label) for axis, label in dynamic_dims.get(name, {}).items()} or None for name in examples)
     return torch.export.export(wrapper, tuple(examples.values()), dynamic_shapes=(shapes,), strict=False)
+
+
+def _unpinned(ep, wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]]):
+    """A Dim.AUTO program traced again at a longer example when its guards pin a size to the example's.
+
+    A Mamba-2 scan pads `seq` to a multiple of its chunk and views it as chunks: with fewer
+    tokens than one chunk, torch.export's guards hold `(seq + pad) // chunk == 1` and its shapes
+    say one chunk (cumsum's says 1, the views' `(seq + pad) // chunk`), a program only valid for
+    seq <= chunk while its range says [2, oo]. A guard `size == N` that a longer value of one
+    dynamic dim breaks is such a pin: the examples are tiled to the shortest such value and
+    exported again, once; the first program stays if that one fails or pins too.
+    """
+    longer = _pin_breaking_sizes(ep, examples, dynamic_dims)
+    if not longer:
+        return ep
+    out = {}
+    for name, t in examples.items():
+        for axis, label in dynamic_dims.get(name, {}).items():
+            if label in longer and t.dim() > axis:
+                t = t.index_select(axis, torch.arange(longer[label]) % t.shape[axis])
+        out[name] = t
+    try:
+        again = _export(wrapper, out, dynamic_dims, named=False)
+    except Exception:  # noqa: BLE001 - the model refuses the longer example: keep what torch traced first
+        return ep
+    return ep if _pin_breaking_sizes(again, out, dynamic_dims) else again
+
+
+def _shape_env(ep):
+    for node in ep.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        env = getattr(getattr(val, "fake_mode", None), "shape_env", None)
+        if env is not None:
+            return env
+    return None
+
+
+def _size_guards(env) -> list[tuple[sympy.Expr, sympy.Integer]]:
+    """(size, N) for each guard `size == N` of the trace: size computed from one dynamic dim, not a remainder."""
+    out = []
+    for guard in getattr(env, "guards", None) or []:
+        g = guard.expr
+        if not isinstance(g, sympy.Eq):
+            continue
+        lhs, rhs = g.args
+        if lhs.is_Integer:
+            lhs, rhs = rhs, lhs
+        if rhs.is_Integer and len(lhs.free_symbols) == 1 and not isinstance(lhs, sympy.Symbol) and type(lhs).__name__ not in ("Mod", "PythonMod"):
+            out.append((lhs, rhs))
+    return out
+
+
+def _breaking_probe(lhs: sympy.Expr, rhs: sympy.Integer, start: int) -> int | None:
+    """The shortest probed value > `start` of lhs's one symbol at which `lhs == rhs` fails (None: it holds at all)."""
+    (s,) = lhs.free_symbols
+    probes = sorted({start + k for k in range(1, 33)} | {2 ** k + 1 for k in range(1, 17) if 2 ** k + 1 > start})
+    for v in probes:
+        try:
+            holds = bool(lhs.xreplace({s: sympy.Integer(v)}) == rhs)
+        except Exception:  # noqa: BLE001 - an expression that does not evaluate: not a pin we can break
+            return None
+        if not holds:
+            return v
+    return None
+
+
+def _pin_breaking_sizes(ep, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]]) -> dict[str, int]:
+    """{label: n} for each dynamic dim for which a guard `size == N` (see `_size_guards`) holds at the
+    example's size and fails at a longer one, n the shortest probed."""
+    env = _shape_env(ep)
+    if env is None:
+        return {}
+    user_names = set(ep.graph_signature.user_inputs)
+    user = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user_names]
+    by_symbol: dict[sympy.Symbol, tuple[str, int]] = {}
+    for ph, (name, t) in zip(user, examples.items()):
+        val = ph.meta.get("val")
+        for axis, label in dynamic_dims.get(name, {}).items():
+            if isinstance(val, torch.Tensor) and val.dim() > axis and isinstance(val.shape[axis], torch.SymInt):
+                expr = val.shape[axis].node.expr
+                if isinstance(expr, sympy.Symbol):
+                    by_symbol.setdefault(expr, (label, t.shape[axis]))
+    found: dict[str, int] = {}
+    for lhs, rhs in _size_guards(env):
+        (s,) = lhs.free_symbols
+        if s not in by_symbol:
+            continue
+        label, n = by_symbol[s]
+        v = _breaking_probe(lhs, rhs, n)
+        if v is not None:
+            found[label] = min(found.get(label, v), v)
+    return found
 
 
 def _export_named(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]]):

@@ -144,7 +144,35 @@ Dim = Union[int, SymDim]
 
 
 def _canonical(e: sympy.Expr) -> str:
-    return str(e).replace(" ", "")
+    return str(_round_ups(e)).replace(" ", "")
+
+
+def _round_ups(e: sympy.Expr) -> sympy.Expr:
+    """`x + Mod(-x, W)` (x padded to a multiple of W, as torch writes `x + (W - x % W) % W`) as `W*ceiling(x/W)`.
+
+    The same size either way for integer x, but only the second lets sympy see that it is a
+    multiple of W: the chunks of a padded sequence, `floor(that/W)`, times W give it back.
+    """
+    if not e.has(sympy.Mod):
+        return e
+
+    def integral(q: sympy.Expr) -> bool:
+        q = sympy.expand(q)
+        if not q.free_symbols:
+            return bool(q.is_Integer)
+        return q.is_polynomial(*q.free_symbols) and all(c.is_Integer for c in sympy.Poly(q, *q.free_symbols).coeffs())
+
+    def fold(add: sympy.Expr) -> sympy.Expr:
+        for term in add.args:  # term = c * Mod(m, W), c a number (a padded size divided by something)
+            c, mod = term.as_coeff_Mul()
+            if isinstance(mod, sympy.Mod) and mod.args[1].is_Integer and int(mod.args[1]) > 1 and c.is_Rational and c != 0:
+                m, w = mod.args
+                rest = (add - term) / c
+                if integral((m + rest) / w):
+                    return c * w * sympy.ceiling(rest / w)
+        return add
+
+    return e.replace(lambda x: isinstance(x, sympy.Add) and x.has(sympy.Mod), fold)
 
 
 def dim_from_sympy(e: Any) -> Dim:

@@ -36,6 +36,8 @@ FIXED: list[str] = [
     "funnel",  # fold-shapes: a permute chain composing to a transpose of a square [.., n, n] was dropped (same type, not the same values)
     "big_bird",  # floor(seq/8) block sizes did not broadcast: the derived-dim export pins seq (its block-sparse plan needs it), said in a warning
     "mpt",  # a Max in a size (ALiBi table sliced from max(0, 2048 - seq)) did not broadcast: decided by the traced range, `seq <= 2047` recorded
+    "mamba2",  # chunked scan under `seq % 8 == 0`: arange(0, seq/8 + 1) inferred ceiling(seq/8)+1 (step 1: end - start); the sweep's second shape obeys constraints
+    "bamba",  # chunked scan, fewer tokens than a chunk: torch pinned one chunk (traced again longer), `seq + Mod(-seq, 16)` folded to 16*ceiling(seq/16)
 ]
 # How many of the fastest passing architectures of each kind the sweep's JSON contributes, and of those
 # that t2c compiles while torch.onnx.export does not (what t2c must keep winning).

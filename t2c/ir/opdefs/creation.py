@@ -48,8 +48,13 @@ class ArangeAttrs:
 
 
 def _arange_infer(types, a):
-    n = (dim_sympy(a.end) - dim_sympy(a.start)) / dim_sympy(a.step)
-    return [TensorType(a.dtype, (dim_from_sympy(sympy.ceiling(n)),))]
+    span = dim_sympy(a.end) - dim_sympy(a.start)
+    # Bounds are dims, integers when the graph runs: with step 1 the length is their difference.
+    # sympy may not know that (`seq/8 + 1` under the constraint `seq % 8 == 0`), and would keep
+    # a `ceiling` around it that the same size written elsewhere lacks.
+    if a.step == 1:
+        return [TensorType(a.dtype, (dim_from_sympy(span),))]
+    return [TensorType(a.dtype, (dim_from_sympy(sympy.ceiling(span / dim_sympy(a.step))),))]
 
 
 define_op(

@@ -1,0 +1,77 @@
+"""Mamba-2-style chunked scans: pad seq to a multiple of a chunk, view it as chunks, segment-sum with cumsum.
+
+Ten Hugging Face families (bamba, mamba2, nemotron_h, qwen3_next, zamba2, ...) failed the frontend's
+self-check on this pattern:
+
+* with fewer tokens than one chunk, torch.export (Dim.AUTO) guards `(seq + pad) // chunk == 1` and
+  its cumsum's shape says one chunk: a program valid only for seq <= chunk. The frontend traces
+  such a program again at a longer example (`_unpinned`);
+* torch writes the padded length `seq + (W - seq % W) % W` and the chunk `(seq + pad) // ((seq + pad) // W)`,
+  which sympy could not see are a multiple of W and W: the IR folds `x + Mod(-x, W)` into `W*ceiling(x/W)`;
+* a chunk count `seq/8` (a derived dim under `seq % 8 == 0`) plus one made `arange` infer
+  `ceiling(seq/8)+1`: with step 1 an arange's length is end - start.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from t2c.frontends.torch_export import trace
+from t2c.ir import run_graph, verify
+from t2c.ir.core import dim, dim_floordiv, dim_mul, dims_equal
+from t2c.ir.opdefs.creation import ArangeAttrs
+from t2c.ir.ops import get_op
+
+
+class ChunkedSegsum(nn.Module):
+    """What `mamba2_chunk_scan` does to its decay before the scan (modeling_bamba.py, reshape_into_chunks and segment_sum)."""
+
+    def __init__(self, chunk: int = 16):
+        super().__init__()
+        self.chunk = chunk
+
+    def forward(self, x):  # x: [batch, seq, heads]
+        seq = x.shape[1]
+        pad = (self.chunk - seq % self.chunk) % self.chunk
+        x = nn.functional.pad(x, (0, 0, 0, pad))
+        x = x.reshape(x.shape[0], -1, self.chunk, x.shape[2]).permute(0, 3, 1, 2)  # [b, h, chunks, chunk]
+        a = torch.cumsum(x, dim=-1)
+        t = x[..., None].expand(*x.size(), self.chunk)
+        t = t.masked_fill(~torch.tril(torch.ones(self.chunk, self.chunk, dtype=torch.bool), diagonal=-1), 0)
+        segsum = torch.cumsum(t, dim=-2).masked_fill(~torch.tril(torch.ones(self.chunk, self.chunk, dtype=torch.bool)), -torch.inf)
+        return torch.exp(segsum).sum(-1) + a[..., -1:]
+
+
+def test_padded_length_is_a_multiple_of_the_chunk():
+    padded = dim("seq+Mod(15*seq,16)")  # torch: seq + (16 - seq % 16) % 16
+    assert str(padded) == "16*ceiling(seq/16)"
+    chunks = dim_floordiv(padded, 16)
+    assert str(chunks) == "ceiling(seq/16)"
+    assert dim_floordiv(padded, chunks) == 16  # torch's way of writing the chunk
+    assert dims_equal(dim_mul(chunks, 16), padded)  # reshape's element count
+    assert str(dim("floor(seq/16+(Mod(15*seq,16))/16)")) == "ceiling(seq/16)"  # the padded length divided, as torch divides it
+    # Not a round-up: left alone.
+    assert str(dim("seq+Mod(seq,16)")) == "seq+Mod(seq,16)"
+    for s in range(1, 50):
+        assert -(-s // 16) * 16 == s + (16 - s % 16) % 16
+
+
+def test_arange_with_step_one_is_end_minus_start():
+    (t,) = get_op("arange").infer([], ArangeAttrs(0, dim("seq/8+1"), 1))
+    assert str(t.shape[0]) == "seq/8+1"  # not ceiling(seq/8)+1: the bounds are sizes, integers
+    (t,) = get_op("arange").infer([], ArangeAttrs(0, dim("seq"), 2))
+    assert str(t.shape[0]) == "ceiling(seq/2)"
+
+
+@pytest.mark.parametrize("traced", [8, 40])  # shorter than one chunk (torch pins one chunk) and longer
+def test_chunked_segsum_traces_for_every_length(traced):
+    m = ChunkedSegsum(16).eval()
+    g = trace(m, {"x": torch.randn(2, traced, 4)})
+    verify(g)
+    assert not g.constraints and not g.bounds
+    for seq in (1, 8, 16, 17, 40):
+        x = torch.randn(3, seq, 4)
+        (got,) = run_graph(g, {"x": x}).values()
+        torch.testing.assert_close(got, m(x))
