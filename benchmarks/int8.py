@@ -17,10 +17,16 @@ t2c W8A8 with int8 embeddings (skip="router,lm_head"), and ORT
 quantize_dynamic (per tensor, the default, and per channel) on the torch.onnx
 export. `--kernels` adds one matmul at a time: every int8 form the ort flavor
 could use, its latency and its error against t2c's reference of the same mode.
+`--lowerings` A/Bs the ort flavor's W8A8 qlinear overlay (QuantizeLinear +
+MatMulIntegerToFloat, quant.py) against the standard lowering it replaces, on
+cpu_latency.py's base Llama-style and BERT-style models (--lowering-hidden, one
+input 1 x --lowering-seq): both -O2 --flavor ort, outputs compared bit for bit,
+-O1 --flavor ort alongside.
 
     .venv/bin/python benchmarks/int8.py                      # minilm + llama, bert
     .venv/bin/python benchmarks/int8.py --models minilm --kernels
     .venv/bin/python benchmarks/int8.py --quick              # minilm only, 1x128, 10 rounds
+    .venv/bin/python benchmarks/int8.py --models none --lowerings --repeat 60
 
 Prints tables and writes benchmarks/results/int8-<host>-<date>.json.
 """
@@ -148,6 +154,44 @@ def interleaved(runners: dict, rounds: int, warmup: int, stat=statistics.median)
             runners[n]()
             samples[n].append(time.perf_counter() - t0)
     return {n: stat(s) * 1e3 for n, s in samples.items()}
+
+
+# --------------------------------------------------------------------------- the ort W8A8 overlay, A/B
+
+
+def bench_lowerings(args) -> list[dict]:
+    """-O2 --flavor ort with and without the qlinear overlay (the standard W8A8 lowering), and -O1, interleaved."""
+    from cpu_latency import load_model
+    from t2c.backends.onnx.flavors import FLAVORS
+
+    overlay = FLAVORS["ort"].overlay
+    rows = []
+    for name in ("llama", "bert"):
+        model, _ = load_model(name, "base", args.lowering_hidden)
+        vocab = model.config.vocab_size
+        example = {"input_ids": torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(1))}
+        feed = {"input_ids": torch.randint(0, vocab, (1, args.lowering_seq), generator=torch.Generator().manual_seed(0)).numpy()}
+        sessions, outs = {}, {}
+        with tempfile.TemporaryDirectory() as workdir:
+            for label, passes, keep in (("-O2 ort overlay", "-O2", True), ("-O2 standard W8A8", "-O2", False), ("-O1", "-O1", True)):
+                saved = overlay.pop("qlinear") if not keep else None
+                try:
+                    out = os.path.join(workdir, label.replace(" ", "_"))
+                    t2c.compile(model, example, passes=passes, flavor="ort", out=out, validate=False)
+                finally:
+                    if saved is not None:
+                        overlay["qlinear"] = saved
+                sess, names = make_session(os.path.join(out, "model.onnx"), threads=args.threads)
+                sessions[label] = (sess, names)
+                outs[label] = sess.run(None, feed)
+        identical = all(np.array_equal(a, b) for a, b in zip(outs["-O2 ort overlay"], outs["-O2 standard W8A8"]))
+        ms = interleaved({k: (lambda s=s, n=n: s.run(None, {x: feed[x] for x in n})) for k, (s, n) in sessions.items()}, args.repeat, args.warmup)
+        base = ms["-O2 standard W8A8"]
+        rows.append({"model": name, "hidden": args.lowering_hidden, "seq": args.lowering_seq, "identical": identical, "ms": ms,
+                     "overlay_over_standard": ms["-O2 ort overlay"] / base, "over_O1": {k: v / ms["-O1"] for k, v in ms.items()}})
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items())
+              + f"; overlay / standard W8A8 {ms['-O2 ort overlay'] / base:.3f}; bit-identical {identical}", flush=True)
+    return rows
 
 
 # --------------------------------------------------------------------------- one model
@@ -351,6 +395,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (0: its default)")
     parser.add_argument("--kernels", action="store_true", help="also time each int8 matmul form alone")
     parser.add_argument("--quick", action="store_true", help="minilm only, 1x128, 10 rounds")
+    parser.add_argument("--lowerings", action="store_true", help="A/B the ort flavor's W8A8 qlinear overlay against the standard lowering")
+    parser.add_argument("--lowering-hidden", type=int, default=256)
+    parser.add_argument("--lowering-seq", type=int, default=256)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
     if args.quick:
@@ -375,6 +422,7 @@ def main() -> None:
                 traceback.print_exc()
                 rows.append({"model": name, "error": short_error(e), "variants": {}, "weights": "", "calibration": ""})
     kernels = bench_kernels(args) if args.kernels else []
+    lowerings = bench_lowerings(args) if args.lowerings else []
     print_tables(rows, kernels, args.shapes)
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -390,7 +438,7 @@ def main() -> None:
         except Exception:  # noqa: BLE001
             pass
     with open(path, "w") as f:
-        json.dump({"meta": meta, "models": rows, "kernels": kernels}, f, indent=2, default=str)
+        json.dump({"meta": meta, "models": rows, "kernels": kernels, "lowerings": lowerings}, f, indent=2, default=str)
     print(f"\nwrote {path}")
 
 

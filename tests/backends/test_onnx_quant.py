@@ -2,8 +2,8 @@
 
 qlinear and qembedding are bit-identical to the interpreter (weight_only: the
 folded Cast * scale weight is the reference's dequantized weight; w8a8: the
-integers are the same and the scales are applied in MatMulIntegerToFloat's
-order). qexperts adds only summation-order rounding. Weights are stored int8.
+integers are the same and the scales are applied in the reference's order, by
+MatMulIntegerToFloat's output stage in the ort flavor). qexperts adds only summation-order rounding. Weights are stored int8.
 """
 
 from __future__ import annotations
@@ -85,6 +85,43 @@ def test_w8a8_shares_one_quantization_per_input():
     assert ops.count("MatMulInteger") == 3 and ops.count("Round") == 1
     got = _session(g, "standard").run(None, {"x": np.random.default_rng(0).standard_normal((7, 32)).astype(np.float32)})
     assert all(o.shape == (7, 16) for o in got)
+
+
+def test_w8a8_ort_form_and_ties():
+    """The ort overlay (QuantizeLinear per token, MatMulIntegerToFloat, * sx) on inputs that sit on rounding ties."""
+    g = _qlinear_graph("w8a8", 0, True)
+    ops = [n.op_type for n in lower(g, flavor="ort").graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("QuantizeLinear") == 1
+    assert not {"MatMulInteger", "Round", "Clip", "Cast"} & set(ops)
+    sessions = [_session(g, "ort", level) for level in LEVELS]
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 64, 64, generator=gen) * 10.0 ** torch.randint(-3, 4, (4, 64, 1), generator=gen)
+    # x = (k + 1/2) * sx in float32, for scales that are not powers of two: x / sx lands on or next to a tie,
+    # where a reciprocal multiply or another rounding would differ.
+    sx = x.abs().amax(-1, keepdim=True) / 127
+    k = torch.randint(-127, 127, (4, 64, 32), generator=gen).float()
+    x[..., :32] = (k + 0.5) * sx
+    x[1, :, 40] = 0.0
+    x[2, 3] = 0.0
+    want = run_graph(g, {"x": x})["y"]
+    for session in sessions:
+        got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        assert torch.equal(got, want), f"max diff {(got - want).abs().max():.3g}"
+
+
+def test_w8a8_ort_shares_one_quantization_per_input():
+    gen = torch.Generator().manual_seed(0)
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, ("tokens", 32)))
+    for name in "qkv":
+        q, s = Q.quantize_weight(torch.randn(16, 32, generator=gen))
+        g.set_output(name, g.add_node("qlinear", [x, g.add_param(name, q), g.add_param(f"s{name}", s)], Q.QLinearAttrs("w8a8")).output)
+    ops = [n.op_type for n in lower(g, flavor="ort").graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 3 and ops.count("QuantizeLinear") == 1
+    xv = torch.randn(7, 32, generator=gen)
+    want = run_graph(g, {"x": xv})
+    got = _session(g, "ort").run(None, {"x": xv.numpy()})
+    assert all(torch.equal(torch.from_numpy(o), want[n]) for o, n in zip(got, "qkv"))
 
 
 def test_qembedding():

@@ -23,7 +23,21 @@ asymmetric, not the per-token symmetric scale of the reference.
 
 qembedding: Gather of int8 rows, Cast, times the Gathered row scales.
 
-The ort flavor has no overlay for these ops (nor for qexperts), measured on
+The ort flavor overlays w8a8 qlinear with a shorter form of the same arithmetic
+(`_qlinear_ort`): per-token QuantizeLinear (blocked, one block per token: x / sx
+divided, rounded half to even, +128, saturated to uint8, which the +-127 clip
+never reaches) and com.microsoft.MatMulIntegerToFloat with a_scale 1 and the
+per-channel weight scales as b_scale: its output stage computes float32(acc) *
+(1 * w_scale), the reference's first product, fused into the integer GEMM;
+then `* sx` and the bias as in standard. Bit-identical to the reference
+(tests/backends/test_onnx_quant.py), and 0.91x (Llama-style) / 0.83x (BERT-style)
+the time of the standard lowering on cpu_latency.py's base models at hidden 256,
+one thread (benchmarks/int8.py --lowerings, int8-vm-20261202-133626.json).
+ORT does not fuse MatMulInteger + Cast + Mul into MatMulIntegerToFloat itself
+here (its fusion wants the scales as one scalar product), and its per-column
+b_scale is what takes the per-channel scales.
+
+The ort flavor has no other overlay for these ops (nor for qexperts), measured on
 ONNX Runtime 1.31's CPU provider (benchmarks/int8.py --kernels, one thread):
 MatMulNBits bits=8 matches the weight-only reference only at accuracy_level 0,
 where it is slower than the folded fp32 MatMul (1.2 vs 0.9 ms at 256x512x512),
@@ -40,6 +54,7 @@ import torch
 
 from ...ir.core import DType, Node
 from .context import ONNX_DTYPE
+from .flavors import MS_DOMAIN, overlay
 from .lowering import arg, lowers, out_dtype, rank
 
 
@@ -134,6 +149,46 @@ def _qlinear(ctx, node):
     if len(node.inputs) > 3 and rank(node) == 2:
         return [ctx.emit("Gemm", [x, w, arg(ctx, node, 3)])]
     y = ctx.emit("MatMul", [x, w])
+    return [ctx.emit("Add", [y, arg(ctx, node, 3)]) if len(node.inputs) > 3 else y]
+
+
+def quantized_tokens_ql(ctx, x: str, k: int) -> tuple[str, str]:
+    """quantized_tokens' (xq, sx) for float32 x [..., k] with QuantizeLinear: one block of k per token.
+
+    The same scale ops; then QuantizeLinear(x, sx, 128) computes saturate(round_half_even(x / sx) + 128)
+    as uint8 (ONNX Runtime's MLAS divides, as the reference does). |x / sx| <= 127 rounds to at most
+    127, so the saturation stands in for the reference's Clip. Once per tensor.
+    """
+    key = ("quantized_tokens_ql", x)
+    if key in ctx.shared:
+        return ctx.shared[key]
+    f32 = DType.F32
+    amax = ctx.emit("ReduceMax", [ctx.emit("Abs", [x]), ctx.ints([-1])], keepdims=1)
+    sx = ctx.emit("Div", [ctx.emit("Max", [amax, ctx.const(1e-30, f32)]), ctx.const(127.0, f32)])
+    zp = ctx.emit("ConstantOfShape", [ctx.emit("Shape", [sx])], value=_u8_tensor(128))
+    xq = ctx.emit("QuantizeLinear", [x, sx, zp], axis=-1, block_size=int(k))
+    ctx.shared[key] = (xq, sx)
+    return xq, sx
+
+
+def _u8_tensor(v: int):
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor("value", TensorProto.UINT8, [1], [v])
+
+
+@overlay("ort", "qlinear")
+def _qlinear_ort(ctx, node):
+    """w8a8 with int8 weights and scales held as params: QuantizeLinear, MatMulIntegerToFloat, * sx (+ bias)."""
+    a = node.attrs
+    w, s = node.inputs[1], node.inputs[2]
+    k_in = w.type.shape[1]
+    if a.mode != "w8a8" or not isinstance(k_in, int) or ctx.param_tensor(w) is None or ctx.param_tensor(s) is None:
+        return None
+    xq, sx = quantized_tokens_ql(ctx, arg(ctx, node, 0), k_in)
+    y = ctx.emit("MatMulIntegerToFloat", [xq, weight_in_out(ctx, node, 1), ctx.const([1.0], DType.F32, (1,)), ctx.name(s), ctx.const(128, DType.U8)],
+                 domain=MS_DOMAIN)
+    y = ctx.emit("Mul", [y, sx])
     return [ctx.emit("Add", [y, arg(ctx, node, 3)]) if len(node.inputs) > 3 else y]
 
 
