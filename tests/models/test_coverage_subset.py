@@ -23,8 +23,6 @@ import os
 
 import pytest
 
-pytest.importorskip("transformers")
-pytest.importorskip("onnxruntime")
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 CONFIGS = os.path.join(ROOT, "tests", "data", "hf-test-configs")  # a copy of ../shared's, in the repo for CI
@@ -89,6 +87,15 @@ def test_the_subset_is_selected():
     assert not stale, f"FIXED names architectures without a config: {stale}"
 
 
+def build_arch(arch: str):
+    """(sweep module, model, inputs) of one config, built as benchmarks/coverage.py builds it."""
+    sweep = _sweep_module()
+    entry = sweep.load_entry(os.path.join(CONFIGS, f"{arch}.json"))
+    model = sweep.build_model(entry)
+    assert model is not None, f"{arch}: {sweep.SKIP_MISSING}"
+    return sweep, model, sweep.make_inputs(model, entry)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_architecture_compiles_and_matches_eager(arch, tmp_path):
@@ -96,12 +103,7 @@ def test_architecture_compiles_and_matches_eager(arch, tmp_path):
 
     import t2c
 
-    sweep = _sweep_module()
-    entry = sweep.load_entry(os.path.join(CONFIGS, f"{arch}.json"))
-    model = sweep.build_model(entry)
-    if model is None:
-        pytest.skip(sweep.SKIP_MISSING)
-    inputs = sweep.make_inputs(model, entry)
+    sweep, model, inputs = build_arch(arch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -44,8 +44,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-transformers = pytest.importorskip("transformers")
-ort = pytest.importorskip("onnxruntime")
+import onnxruntime as ort
+import transformers
 
 import onnx  # noqa: E402
 
@@ -438,20 +438,31 @@ def test_families_are_found():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(moe_families()))
+@pytest.mark.parametrize("family", sorted(set(moe_families()) - set(KNOWN_FAILURES)))
 def test_family_compiles_and_matches_eager(family, tmp_path):
-    expected = KNOWN_FAILURES.get(family)
-    if expected is None:
-        check_family(family, str(tmp_path / family))
+    check_family(family, str(tmp_path / family))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(KNOWN_FAILURES))
+def test_known_limitation_stops_where_documented(family, tmp_path):
+    """A family that cannot pass yet stops with the error README documents, not another one.
+
+    Not an xfail: this passes only while t2c refuses the family exactly as documented,
+    and fails (asking to move the family into the passing list) the day it compiles.
+    While the op still has no conversion and the eager forward calls it, one eager run
+    confirms the expectation without the minutes-long compile.
+    """
+    expected = KNOWN_FAILURES[family]
+    if expected.op is not None and expected.op not in CONVERSIONS:
+        assert expected.op in eager_ops(family), f"{family} no longer calls {expected.op}: re-check it and update KNOWN_FAILURES"
         return
-    if expected.op is not None and expected.op not in CONVERSIONS and expected.op in eager_ops(family):
-        pytest.xfail(f"{expected.match} ({expected.reason})")
     try:
         check_family(family, str(tmp_path / family))
     except Exception as e:  # noqa: BLE001 - the expectation names the error
         message = f"{type(e).__name__}: {e}"
         assert re.search(expected.match, message), f"{family} failed differently than expected ({expected.reason}): {message}"
-        pytest.xfail(expected.reason)
+        return
     pytest.fail(f"{family} now passes: remove it from KNOWN_FAILURES ({expected.reason})")
 
 

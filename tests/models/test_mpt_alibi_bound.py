@@ -8,14 +8,12 @@ the report says `seq <= 2047`, and the artifact refuses longer inputs instead of
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
-pytest.importorskip("transformers")
-ort = pytest.importorskip("onnxruntime")
+import onnxruntime as ort
 
-from test_coverage_subset import CONFIGS, _sweep_module  # noqa: E402
+from test_coverage_subset import build_arch  # noqa: E402
 
 
 @pytest.mark.slow
@@ -25,12 +23,7 @@ def test_mpt_compiles_with_dynamic_seq_and_a_bound(tmp_path):
     import t2c
     from t2c.errors import UserError
 
-    sweep = _sweep_module()
-    entry = sweep.load_entry(os.path.join(CONFIGS, "mpt.json"))
-    model = sweep.build_model(entry)
-    if model is None:
-        pytest.skip(sweep.SKIP_MISSING)
-    inputs = sweep.make_inputs(model, entry)
+    sweep, model, inputs = build_arch("mpt")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
