@@ -342,13 +342,10 @@ class EagerRule(_LiftRule):
         add = producer(scores, "add")
         where = producer(scores, "where")
         if add is not None:
-            a, b = add.inputs
-            if _is_score_chain(a):
-                scores, mask = a, b
-            elif _is_score_chain(b):
-                scores, mask = b, a
-            else:
+            split = _scores_plus(add)
+            if split is None:
                 return "softmax input is an add of two non-score tensors"
+            scores, mask = split
         elif where is not None:
             cond, a, b = where.inputs
             fill_a, fill_b = scalar_constant(a), scalar_constant(b)
@@ -359,12 +356,9 @@ class EagerRule(_LiftRule):
             else:
                 return "a where() before softmax that does not fill with a large negative value"
             biased = producer(scores, "add")  # scores + a bias (DeBERTa's relative-position terms), then the mask
-            if biased is not None:
-                a, b = biased.inputs
-                if _is_score_chain(a):
-                    scores, bias = a, b
-                elif _is_score_chain(b):
-                    scores, bias = b, a
+            split = _scores_plus(biased) if biased is not None else None
+            if split is not None:
+                scores, bias = split
         softcap = 0.0
         mul = producer(scores, "mul")
         if mul is not None and producer(mul.inputs[0], "tanh") is not None and scalar_constant(mul.inputs[1]) is not None:
@@ -408,6 +402,14 @@ class _PermutedView:
     def __init__(self, x: Value, perm: tuple[int, ...]):
         self.type = x.type.with_shape(tuple(x.type.shape[p] for p in perm))
         self.producer = None
+
+
+def _scores_plus(add: Node) -> "tuple[Value, Value] | None":
+    """(the score chain, the other operand) of `add`, whichever side the scores are on."""
+    for mine, other in (add.inputs, add.inputs[::-1]):
+        if _is_score_chain(mine):
+            return mine, other
+    return None
 
 
 def _is_score_chain(v: Value) -> bool:
