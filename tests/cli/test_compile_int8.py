@@ -6,15 +6,9 @@ import os
 import pytest
 
 from t2c.cli import main
+from test_compile import ROOT, run  # the CLI runner the compile tests use
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LLAMA = os.path.join(ROOT, "examples", "zoo.py") + ":llama"
-
-
-def run(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_O2_compiles_and_reports_the_drift(tmp_path, capsys):
