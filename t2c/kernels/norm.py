@@ -70,8 +70,10 @@ def _round_to(v, dtype: tl.constexpr):
         bits = v.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # carries into the exponent, up to inf
         bits = tl.where(v != v, 0x7FC0, bits)  # NaN stays NaN (its low payload would round to inf)
-        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return v.to(dtype)
+        out = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        out = v.to(dtype)
+    return out
 
 
 @triton.jit
