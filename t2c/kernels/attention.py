@@ -218,7 +218,7 @@ def _attend_tile(acc, l_i, m_i, q, n0, key_stop, offs_m, m0, m_last, Sq, scale, 
     return acc, l_i, m_new
 
 
-@triton.autotune(configs=CONFIGS, key=["seq_bucket", "HEAD_D", "HEAD_DV"])
+@triton.autotune(configs=CONFIGS, key=["seq_bucket", "HEAD_D", "HEAD_DV", "CAUSAL", "LEFT", "RIGHT", "LOCAL_BLOCK"])
 @triton.jit
 def _attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, qcos_ptr, qsin_ptr, kcos_ptr, ksin_ptr, visits_ptr,
                    stride_qb, stride_qh, stride_qm, stride_qd,
