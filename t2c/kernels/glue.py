@@ -1,0 +1,431 @@
+"""Generated glue kernels: a chain of IR elementwise ops (optionally ending in a row reduction) as one Triton kernel.
+
+The Triton backend groups the glue between heavy ops (t2c/backends/triton/fusion.py) and asks
+this module for the source of one `@triton.jit` kernel and its Python launcher per group; the
+source is written into the compiled `model.py`, so what runs is readable there. Nothing here is
+written per pattern: every IR elementwise op maps to one small Triton expression (`_TEMPLATES`),
+and a group's kernel is those expressions in the IR's order.
+
+Contract of a generated kernel:
+    flat group   y_j = chain(x_0, ..., x_k)       every member has the group's shape S; inputs
+                 broadcast to S (the launcher expands them: stride 0 on broadcast dims, so any
+                 strided input is read in place); outputs are new contiguous tensors of shape S.
+                 One program per BLOCK elements of S, flattened row-major.
+    row group    the flat chain, then one reduction over the last dim of S (softmax, log_softmax,
+                 sum, mean, amax, amin): one program per row, looping over the row in BLOCK
+                 columns (softmax: max, sum of exponentials, then the normalised values).
+Dtypes: inputs of any IR dtype but f64; float values are computed in float32 and each op's result
+is rounded to its IR dtype (f16/bf16) as eager PyTorch rounds each op, so a fused chain matches
+the unfused graph; bool values are Triton int1; integer inputs are loaded as they are. Results are
+f32, f16, bf16 or bool; integer-valued ops are left to torch.
+Limits: `pow` only by a constant exponent in `_POW_EXPONENTS`; no `round`, `asin`/`acos`/`atan`,
+`remainder`, `floor_divide`, rounding `div` (Triton has no portable expression for them here).
+Under TRITON_INTERPRET=1 the launchers use one big block (few programs: the interpreter runs
+each program in Python); on a GPU, 1024 elements (flat) and up to 4096 columns (rows).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ..ir.core import DType, Node, SymDim, Value
+from ..ir.opdefs.activation import ACTIVATIONS
+
+FLOATS = (DType.F32, DType.F16, DType.BF16)
+ROW_REDUCTIONS = ("softmax", "log_softmax", "sum", "mean", "amax", "amin")
+_POW_EXPONENTS = (0.5, -0.5, 1.0, 2.0, 3.0, 4.0, -1.0)
+_TL_DTYPE = {DType.F32: "tl.float32", DType.F16: "tl.float16", DType.BF16: "tl.bfloat16"}
+
+
+# -- launch sizes (called by the generated launchers) -------------------------------------------
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def flat_block(n: int) -> int:
+    """Elements per program of a flat kernel over n elements."""
+    if interpreting():
+        return min(1 << max(n - 1, 0).bit_length(), 1 << 16)
+    return 1024
+
+
+def row_block(n: int) -> int:
+    """Columns per loop step of a row kernel over rows of n elements."""
+    full = 1 << max(n - 1, 0).bit_length()
+    return max(full if interpreting() else min(full, 4096), 16)
+
+
+# -- what can be fused ---------------------------------------------------------------------------
+class Operand:
+    """One operand inside a kernel: a variable (or a constant literal) and its IR dtype."""
+
+    def __init__(self, text: str, dtype: DType, constant: float | int | None = None):
+        self.text, self.dtype, self.constant = text, dtype, constant
+
+    @property
+    def f(self) -> str:
+        """As float32."""
+        if self.constant is not None:
+            return _float_literal(float(self.constant))
+        return self.text if self.dtype in FLOATS else f"{self.text}.to(tl.float32)"
+
+    @property
+    def b(self) -> str:
+        """As int1 (bool)."""
+        if self.constant is not None:
+            return "True" if self.constant else "False"
+        return self.text if self.dtype == DType.BOOL else f"({self.text} != 0)"
+
+    @property
+    def n(self) -> str:
+        """As it is (integers and bools native, floats as float32)."""
+        if self.constant is not None:
+            return repr(int(self.constant)) if self.dtype not in FLOATS else _float_literal(float(self.constant))
+        return self.text
+
+
+def _float_literal(v: float) -> str:
+    if math.isnan(v):
+        return 'float("nan")'
+    if math.isinf(v):
+        return 'float("inf")' if v > 0 else '-float("inf")'
+    return repr(v)
+
+
+def _sigmoid(x: str) -> str:
+    return f"tl.sigmoid({x})"
+
+
+def _tanh(x: str) -> str:
+    # tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}): no overflow, no libdevice (the interpreter has none)
+    return f"_glue_tanh({x})"
+
+
+def _erf(x: str) -> str:
+    return f"tl.erf({x})"
+
+
+def _act(name: str, x: str) -> str:
+    """One activation of ACTIVATIONS (gated_act, bias_act) as an expression of float32 `x`."""
+    return {
+        "silu": f"({x}) * {_sigmoid(x)}",
+        "gelu": f"0.5 * ({x}) * (1.0 + {_erf(f'({x}) * 0.7071067811865476')})",
+        "gelu_tanh": f"0.5 * ({x}) * (1.0 + {_tanh(f'0.7978845608028654 * (({x}) + 0.044715 * ({x}) * ({x}) * ({x}))')})",
+        "relu": f"tl.maximum({x}, 0.0)",
+    }[name]
+
+
+def _pow(a: Operand, e: float) -> str:
+    return {0.5: f"tl.sqrt({a.f})", -0.5: f"tl.rsqrt({a.f})", 1.0: a.f, 2.0: f"{a.f} * {a.f}",
+            3.0: f"{a.f} * {a.f} * {a.f}", 4.0: f"({a.f} * {a.f}) * ({a.f} * {a.f})", -1.0: f"1.0 / {a.f}"}[e]
+
+
+_COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def _compare(op: str, a: Operand, b: Operand) -> str:
+    ints = all(o.dtype not in FLOATS for o in (a, b))  # both integral or bool: compare as they are
+    x, y = (a.n, b.n) if ints else (a.f, b.f)
+    return f"{x} {_COMPARE[op]} {y}"
+
+
+# op -> expression builder(node, operands); float results are float32 expressions, bool results int1.
+_TEMPLATES: dict[str, Callable[[Node, Sequence[Operand]], str]] = {
+    "neg": lambda n, o: f"-{o[0].f}",
+    "abs": lambda n, o: f"tl.abs({o[0].f})",
+    "exp": lambda n, o: f"tl.exp({o[0].f})",
+    "log": lambda n, o: f"tl.log({o[0].f})",
+    "sqrt": lambda n, o: f"tl.sqrt({o[0].f})",
+    "rsqrt": lambda n, o: f"tl.rsqrt({o[0].f})",
+    "reciprocal": lambda n, o: f"1.0 / {o[0].f}",
+    "sin": lambda n, o: f"tl.sin({o[0].f})",
+    "cos": lambda n, o: f"tl.cos({o[0].f})",
+    "tan": lambda n, o: f"tl.sin({o[0].f}) / tl.cos({o[0].f})",
+    "tanh": lambda n, o: _tanh(o[0].f),
+    "sigmoid": lambda n, o: _sigmoid(o[0].f),
+    "erf": lambda n, o: _erf(o[0].f),
+    "relu": lambda n, o: _act("relu", o[0].f),
+    "silu": lambda n, o: _act("silu", o[0].f),
+    "gelu": lambda n, o: _act("gelu" if n.attrs.approximate == "none" else "gelu_tanh", o[0].f),
+    "floor": lambda n, o: f"tl.floor({o[0].f})",
+    "ceil": lambda n, o: f"tl.ceil({o[0].f})",
+    "sign": lambda n, o: f"tl.where({o[0].f} > 0, 1.0, tl.where({o[0].f} < 0, -1.0, {o[0].f} * 0.0))",
+    "logical_not": lambda n, o: f"{o[0].b} == 0",
+    "clamp": lambda n, o: _clamp(n, o[0]),
+    "cast": lambda n, o: o[0].b if n.attrs.dtype == DType.BOOL else o[0].f,
+    "add": lambda n, o: f"{o[0].f} + {o[1].f}",
+    "sub": lambda n, o: f"{o[0].f} - {o[1].f}",
+    "mul": lambda n, o: f"{o[0].f} * {o[1].f}",
+    "div": lambda n, o: f"{o[0].f} / {o[1].f}",
+    "pow": lambda n, o: _pow(o[0], float(o[1].constant)),
+    "maximum": lambda n, o: f"tl.maximum({o[0].f}, {o[1].f})",
+    "minimum": lambda n, o: f"tl.minimum({o[0].f}, {o[1].f})",
+    "logical_and": lambda n, o: f"{o[0].b} & {o[1].b}",
+    "logical_or": lambda n, o: f"{o[0].b} | {o[1].b}",
+    "bitwise_and": lambda n, o: f"{o[0].b} & {o[1].b}",
+    "bitwise_or": lambda n, o: f"{o[0].b} | {o[1].b}",
+    **{op: (lambda op: lambda n, o: _compare(op, o[0], o[1]))(op) for op in _COMPARE},
+    "where": lambda n, o: f"tl.where({o[0].b}, {o[1].b if n.outputs[0].type.dtype == DType.BOOL else o[1].f}, "
+                          f"{o[2].b if n.outputs[0].type.dtype == DType.BOOL else o[2].f})",
+    "gated_act": lambda n, o: f"({_act(n.attrs.activation, o[0].f)}) * {o[1].f}",
+    "bias_act": lambda n, o: _act(n.attrs.activation, f"({o[0].f} + {o[1].f})"),
+}
+
+
+def _clamp(node: Node, x: Operand) -> str:
+    out = x.f
+    if node.attrs.min is not None:
+        out = f"tl.maximum({out}, {_float_literal(float(node.attrs.min))})"
+    if node.attrs.max is not None:
+        out = f"tl.minimum({out}, {_float_literal(float(node.attrs.max))})"
+    return out
+
+
+def elementwise_fusible(node: Node, constants: dict[int, float | int]) -> bool:
+    """True when `node` has a template and its dtypes are ones a generated kernel computes.
+
+    `constants` maps id(value) -> the literal of a folded 0-d constant (pow needs its exponent there).
+    """
+    if node.op not in _TEMPLATES or len(node.outputs) != 1:
+        return False
+    out = node.outputs[0].type.dtype
+    if out not in FLOATS + (DType.BOOL,) or any(v.type.dtype == DType.F64 for v in node.inputs):
+        return False
+    if node.op in ("bitwise_and", "bitwise_or", "logical_not", "logical_and", "logical_or") or node.op in _COMPARE:
+        return out == DType.BOOL
+    if node.op == "cast":
+        return True
+    if node.op == "where":
+        return True
+    if node.op == "div" and node.attrs.rounding_mode is not None:
+        return False
+    if node.op == "pow":
+        e = constants.get(id(node.inputs[1]))
+        return out in FLOATS and e is not None and float(e) in _POW_EXPONENTS
+    if node.op in ("gated_act", "bias_act") and node.attrs.activation not in ACTIVATIONS:
+        return False
+    return out in FLOATS
+
+
+def row_reduction(node: Node) -> bool:
+    """True when `node` reduces the last dim of a float tensor (a generated row kernel computes it)."""
+    if node.op not in ROW_REDUCTIONS or not node.inputs or node.inputs[0].type.dtype not in FLOATS:
+        return False
+    rank = node.inputs[0].type.rank
+    if rank == 0:
+        return False
+    if node.op in ("softmax", "log_softmax"):
+        return node.attrs.dim % rank == rank - 1
+    return len(node.attrs.dims) == 1 and node.attrs.dims[0] % rank == rank - 1
+
+
+def constant_literal(node: Node) -> float | int | None:
+    """The value of a 0-d `full` a kernel can take as a literal (rounded to its dtype), else None."""
+    if node.op != "full" or node.attrs.shape != () or isinstance(node.attrs.value, (SymDim, bool)):
+        return None
+    dtype = node.attrs.dtype
+    if dtype in FLOATS:
+        return float(torch.tensor(float(node.attrs.value), dtype=dtype.torch).float())
+    if dtype in (DType.I64, DType.I32, DType.I16, DType.I8, DType.U8) and abs(int(node.attrs.value)) < 2**31:
+        return int(node.attrs.value)
+    return None
+
+
+# -- code generation -----------------------------------------------------------------------------
+@dataclass
+class GlueGroup:
+    """What one generated kernel computes: IR nodes in order (a row reduction only last)."""
+
+    nodes: list[Node]
+    inputs: list[Value] = field(default_factory=list)  # tensors read, in argument order
+    outputs: list[Value] = field(default_factory=list)  # values written, in result order
+    constants: dict[int, float | int] = field(default_factory=dict)  # id(value) -> literal
+
+    @property
+    def tail(self) -> Node | None:
+        """The row reduction that ends the group, if any."""
+        return self.nodes[-1] if row_reduction(self.nodes[-1]) else None
+
+
+_HELPERS = '''@triton.jit
+def _glue_tanh(x):
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+'''
+
+
+def helpers_source() -> str:
+    """Source of the @triton.jit helpers the generated kernels call (once per model.py)."""
+    return _HELPERS
+
+
+def _rounded(expr: str, dtype: DType) -> str:
+    """`expr` rounded to `dtype` and back to float32, as eager rounds each op's result."""
+    if dtype in (DType.F16, DType.BF16):
+        return f"({expr}).to({_TL_DTYPE[dtype]}).to(tl.float32)"
+    return expr
+
+
+def _body(group: GlueGroup, label: Callable[[Node], str], indent: str, load: Callable[[int, Value], str]) -> tuple[list[str], dict[int, str]]:
+    """Lines computing the group's elementwise members; returns (lines, id(value) -> variable)."""
+    lines, names = [], {}
+    for i, v in enumerate(group.inputs):
+        names[id(v)] = f"a{i}"
+        lines.append(f"{indent}a{i} = {load(i, v)}")
+    for k, node in enumerate(n for n in group.nodes if n is not group.tail):
+        ops = [Operand("", v.type.dtype, group.constants[id(v)]) if id(v) in group.constants else Operand(names[id(v)], v.type.dtype)
+               for v in node.inputs]
+        out = node.outputs[0]
+        expr = _TEMPLATES[node.op](node, ops)
+        if out.type.dtype in FLOATS:
+            expr = _rounded(expr, out.type.dtype)
+        names[id(out)] = f"t{k}"
+        lines.append(f"{indent}# {label(node)}")
+        lines.append(f"{indent}t{k} = {expr}")
+    return lines, names
+
+
+def _load_expr(i: int, v: Value, offset: str, mask: str) -> str:
+    text = f"tl.load(x{i} + {offset}, mask={mask}, other=0)"
+    return f"{text}.to(tl.float32)" if v.type.dtype in FLOATS else text
+
+
+def _index_lines(prefix: str, index: str, dims: Sequence[str], indent: str) -> list[str]:
+    """Row-major multi-index of `index` over sizes `dims` into variables prefix0, prefix1, ..."""
+    if not dims:
+        return []
+    lines, rem = [], index
+    for d in range(len(dims) - 1, 0, -1):
+        lines.append(f"{indent}{prefix}{d} = {rem} % {dims[d]}")
+        lines.append(f"{indent}rem = {rem} // {dims[d]}")
+        rem = "rem"
+    lines.append(f"{indent}{prefix}0 = {rem}")
+    return lines
+
+
+def kernel_source(name: str, group: GlueGroup, rank: int, label: Callable[[Node], str]) -> str:
+    """Source of `_{name}_kernel` (@triton.jit) and its launcher `{name}(*inputs)` for `group`.
+
+    `rank` is the rank of the group's shape; `label(node)` is the IR line a statement implements.
+    The launcher returns the outputs (one tensor, or a tuple in `group.outputs` order).
+    """
+    return (_row_source if group.tail is not None else _flat_source)(name, group, rank, label)
+
+
+def _launcher_head(name: str, group: GlueGroup, label: Callable[[Node], str]) -> list[str]:
+    args = ", ".join(f"x{i}" for i in range(len(group.inputs)))
+    doc = "; ".join(label(n).split(" = ", 1)[0] + " = " + n.op for n in group.nodes)
+    shapes = ", ".join(f"x{i}.shape" for i in range(len(group.inputs)))
+    lines = [f"def {name}({args}):", f'    """Generated from the IR: {doc}."""',
+             f"    shape = torch.broadcast_shapes({shapes})"]
+    if group.inputs:
+        lines.append(f"    {args} = " + ", ".join(f"x{i}.expand(shape)" for i in range(len(group.inputs))))
+    return lines
+
+
+def _strides(group: GlueGroup) -> str:
+    return "".join(f", *x{i}.stride()" for i in range(len(group.inputs)))
+
+
+def _flat_source(name: str, group: GlueGroup, rank: int, label) -> str:
+    dims = [f"s{d}" for d in range(rank)]
+    xs = [f"x{i}" for i in range(len(group.inputs))]
+    ys = [f"y{j}" for j in range(len(group.outputs))]
+    strides = [f"x{i}_st{d}" for i in range(len(group.inputs)) for d in range(rank)]
+    params = ", ".join(xs + ys + ["n"] + dims + strides + ["BLOCK: tl.constexpr"])
+    lines = ["@triton.jit", f"def _{name}_kernel({params}):",
+             "    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
+             "    mask = offs < n"]
+    lines += _index_lines("i", "offs", dims, "    ")
+
+    def load(i: int, v: Value) -> str:
+        offset = " + ".join(f"i{d} * x{i}_st{d}" for d in range(rank)) or "offs * 0"
+        return _load_expr(i, v, offset, "mask")
+
+    body, names = _body(group, label, "    ", load)
+    lines += body
+    for j, v in enumerate(group.outputs):
+        lines.append(f"    tl.store(y{j} + offs, {names[id(v)]}.to(y{j}.dtype.element_ty), mask=mask)")
+    lines.append("")
+    lines += _launcher_head(name, group, label)
+    for j, v in enumerate(group.outputs):
+        lines.append(f"    y{j} = torch.empty(shape, dtype={v.type.dtype.torch}, device=x0.device)")
+    lines += ["    n = y0.numel()", "    if n:", "        block = flat_block(n)",
+              f"        _{name}_kernel[(triton.cdiv(n, block),)]({', '.join(xs + ys)}, n, *shape{_strides(group)}, BLOCK=block)",
+              f"    return {', '.join(ys)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _row_source(name: str, group: GlueGroup, rank: int, label) -> str:
+    tail = group.tail
+    assert tail is not None
+    lead = [f"s{d}" for d in range(rank - 1)]
+    xs = [f"x{i}" for i in range(len(group.inputs))]
+    stored = [v for v in group.outputs if v is not tail.outputs[0]]
+    ys = [f"y{j}" for j in range(len(stored))]
+    strides = [f"x{i}_st{d}" for i in range(len(group.inputs)) for d in range(rank)]
+    params = ", ".join(xs + ys + ["r", "N"] + lead + strides + ["BLOCK: tl.constexpr"])
+    last = rank - 1
+    lines = ["@triton.jit", f"def _{name}_kernel({params}):",
+             "    row = tl.program_id(0).to(tl.int64)"]
+    lines += _index_lines("i", "row", lead, "    ")
+    for i in range(len(group.inputs)):
+        lines.append(f"    base{i} = " + (" + ".join(f"i{d} * x{i}_st{d}" for d in range(rank - 1)) or "row * 0"))
+    lines.append("    cols0 = tl.arange(0, BLOCK)")
+
+    def load(i: int, v: Value) -> str:
+        return _load_expr(i, v, f"base{i} + cols * x{i}_st{last}", "mask")
+
+    def loop(store: bool, indent: str = "        ") -> tuple[list[str], str]:
+        body, names = _body(group, label, indent, load)
+        out = ["    for start in range(0, N, BLOCK):", f"{indent}cols = start + cols0", f"{indent}mask = cols < N"] + body
+        if store:
+            out += [f"{indent}tl.store(y{j} + row * N + cols, {names[id(v)]}.to(y{j}.dtype.element_ty), mask=mask)" for j, v in enumerate(stored)]
+        src = tail.inputs[0]
+        return out, (names[id(src)] if id(src) in names else "")
+
+    op = tail.op
+    first, v = loop(True)
+    lines.append(f"    # {label(tail)}")
+    if op in ("sum", "mean"):
+        lines += ["    acc = tl.zeros([BLOCK], dtype=tl.float32)"] + first + [f"        acc += tl.where(mask, {v}, 0.0)"]
+        lines.append("    res = tl.sum(acc, 0)" + (" / N" if op == "mean" else ""))
+    elif op in ("amax", "amin"):
+        init, comb = ('-float("inf")', "tl.maximum") if op == "amax" else ('float("inf")', "tl.minimum")
+        lines += [f"    acc = tl.full([BLOCK], {init}, tl.float32)"] + first + [f"        acc = {comb}(acc, tl.where(mask, {v}, {init}))"]
+        lines.append(f"    res = {'tl.max' if op == 'amax' else 'tl.min'}(acc, 0)")
+    else:  # softmax / log_softmax: the row max, the sum of exponentials, then each value
+        lines += ['    acc = tl.full([BLOCK], -float("inf"), tl.float32)'] + first + [f'        acc = tl.maximum(acc, tl.where(mask, {v}, -float("inf")))']
+        lines.append("    m = tl.max(acc, 0)")
+        second, v2 = loop(False)
+        lines += ["    acc = tl.zeros([BLOCK], dtype=tl.float32)"] + second + [f"        acc += tl.where(mask, tl.exp({v2} - m), 0.0)"]
+        lines.append("    s = tl.sum(acc, 0)")
+        third, v3 = loop(False)
+        result = f"tl.exp({v3} - m) / s" if op == "softmax" else f"{v3} - m - tl.log(s)"
+        lines += third + [f"        tl.store(r + row * N + cols, ({result}).to(r.dtype.element_ty), mask=mask)"]
+    if op not in ("softmax", "log_softmax"):
+        lines.append("    tl.store(r + row, res.to(r.dtype.element_ty))")
+    lines.append("")
+    out_type = tail.outputs[0].type
+    lines += _launcher_head(name, group, label)
+    lines.append("    N = shape[-1]")
+    lines.append("    rows = math.prod(shape[:-1])")
+    for j, v in enumerate(stored):
+        lines.append(f"    y{j} = torch.empty(shape, dtype={v.type.dtype.torch}, device=x0.device)")
+    if op in ("softmax", "log_softmax"):
+        rshape = "shape"
+    else:
+        rshape = "shape[:-1] + (1,)" if tail.attrs.keepdim else "shape[:-1]"
+    lines.append(f"    r = torch.empty({rshape}, dtype={out_type.dtype.torch}, device=x0.device)")
+    lines += ["    if rows and N:",
+              f"        _{name}_kernel[(rows,)]({', '.join(xs + ys)}, r, N, *shape[:-1]{_strides(group)}, BLOCK=row_block(N))"]
+    results = [("r" if v is tail.outputs[0] else f"y{stored.index(v)}") for v in group.outputs]
+    lines.append(f"    return {', '.join(results)}")
+    return "\n".join(lines) + "\n"
