@@ -152,3 +152,4 @@ def _ensure_loaded() -> None:
     if not _loaded:
         _loaded = True
         from . import onnx  # noqa: F401
+        from . import triton  # noqa: F401
