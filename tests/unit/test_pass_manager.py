@@ -207,7 +207,7 @@ def test_cli_offers_exactly_the_presets_and_targets_that_exist(capsys):
     help_text = capsys.readouterr().out
     for key in PRESETS:
         assert f"-{key}" in help_text
-    assert "-O3" not in help_text and "triton" not in help_text
+    assert "-O3" not in help_text and "tensorrt" not in help_text
     assert f"[{'|'.join(all_backends())}]" in help_text
 
 
