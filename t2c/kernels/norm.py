@@ -89,7 +89,9 @@ def _load_row_block(X, R, S, row_start, cols, mask, HAS_RESIDUAL: tl.constexpr, 
     return v
 
 
-@triton.autotune(configs=_AUTOTUNE_CONFIGS, key=["N", "BLOCK_N"])
+# The flags are in the key: one tuning per specialised kernel, not one per row length.
+@triton.autotune(configs=_AUTOTUNE_CONFIGS,
+                 key=["N", "BLOCK_N", "IS_RMS", "HAS_RESIDUAL", "HAS_WEIGHT", "HAS_BIAS"])
 @triton.jit
 def _norm_rows_kernel(
     X, R, W, B, Y, S,  # x, residual, weight, bias, normed output, sum output ([rows, N], contiguous)
