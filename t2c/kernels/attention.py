@@ -28,8 +28,8 @@ hold global rows visit every key. Fully visible tiles skip the element mask.
 Dtypes: fp32, fp16 and bf16 inputs (all three alike), fp32 accumulation; fp32
 dots use IEEE precision (no TF32). Head dims up to 256 (D and Dv padded to the
 next power of two, at least 16, with masked loads). Anything else (float64,
-mixed q/k/v dtypes, head dims over 256) raises NotImplementedError naming it, so
-a caller can fall back to the reference.
+mixed q/k/v dtypes, head dims over 256, batch x query heads over 65535) raises
+NotImplementedError naming it, so a caller can fall back to the reference.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ if INTERPRETING:
 else:
     CONFIGS = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)]
-    ]
+        for bm, bn, w, s in [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 1)]
+    ]  # the last one fits in shared memory for every supported dtype and head dim (fp32 at D = 256)
 
 # rope kinds as the kernel's constexpr
 ROPE_CODES = {"none": 0, "half": 1, "interleaved": 2}
@@ -199,7 +199,9 @@ def _attend_tile(acc, l_i, m_i, q, n0, key_stop, offs_m, m0, m_last, Sq, scale, 
         s = softcap * _tanh(s / softcap)
     if MASK_KIND != 0:
         m_ok = (offs_m[:, None] < Sq) & n_ok[None, :]
-        mvals = tl.load(mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn, mask=m_ok, other=0)
+        # int64 rows: a [Sq, Sk] mask passes 2**31 elements near 46k tokens
+        mvals = tl.load(mask_base + offs_m.to(tl.int64)[:, None] * stride_mm + offs_n[None, :] * stride_mn,
+                        mask=m_ok, other=0)
         if MASK_KIND == 1:
             s = s + mvals.to(tl.float32)
         else:
@@ -331,6 +333,8 @@ def _unsupported(q, k, v, cos) -> str | None:
         return f"head dims {q.shape[-1]}/{v.shape[-1]} over {MAX_HEAD_DIM}"
     if cos is not None and cos.dtype != q.dtype:
         return f"rope cache dtype {cos.dtype} differs from q's {q.dtype}"
+    if q.shape[0] * q.shape[1] > 65535:  # the grid's second axis
+        return f"batch x query heads = {q.shape[0] * q.shape[1]} over 65535"
     if not q.is_cuda and not INTERPRETING:
         return "CPU tensors outside TRITON_INTERPRET=1"
     return None

@@ -190,6 +190,20 @@ def test_rope_paired_cache_and_broadcast_shapes():
         attention(q, k, v, torch.rand_like(cos), sin, attrs=a)
 
 
+@pytest.mark.parametrize("sq,sk,a,with_mask", [
+    (13, 29, _attrs(causal=True, window=(5, -1), kv_heads=1), False),
+    (29, 13, _attrs(global_tokens=2, window=(3, 3), kv_heads=1), True),
+    (21, 40, _attrs(block=8, kv_heads=1), True),
+])
+def test_query_and_key_lengths_differ(sq, sk, a, with_mask):
+    """The reference accepts Sq != Sk (i and j in one index space); so does the kernel."""
+    g = torch.Generator().manual_seed(1)
+    ops = [torch.randn(2, 2, sq, 32, generator=g), torch.randn(2, 1, sk, 32, generator=g), torch.randn(2, 1, sk, 32, generator=g)]
+    if with_mask:
+        ops.append(torch.randn(2, 1, sq, sk, generator=g))
+    _check(ops, a)
+
+
 def test_non_contiguous_inputs():
     """Strides are honoured: q, k, v as [B, S, H, D] tensors seen through a transpose."""
     a = _attrs(causal=True, window=(6, -1), kv_heads=2)
