@@ -30,10 +30,12 @@ loads, so any N works; a block of N or more holds the whole row and each pass re
 flags (IS_RMS, HAS_RESIDUAL, HAS_WEIGHT, HAS_BIAS), and Triton compiles one specialised kernel
 per combination, so the loops are written once. add_norm writes the sum in its first pass and
 recomputes x + residual in later passes rather than reading back its own stores.
+On a GPU num_warps is autotuned (2-16) per row length and flags; the interpreter runs one config.
 
-Dtypes: float16, bfloat16, float32 for every tensor (weight and bias may differ from x).
-Limits (NotImplementedError): float64 and other dtypes (the kernel accumulates in float32, not
-the float64 torch would use), integer add_norm operands.
+Dtypes: float16, bfloat16, float32 for every float tensor (weight and bias may differ from x);
+an integer or bool add_norm operand is cast to the sum's dtype first, as torch.add does.
+Limits (NotImplementedError): float64 and other float dtypes (the kernel accumulates in float32,
+not the float64 torch would use).
 """
 
 from __future__ import annotations
@@ -233,11 +235,13 @@ def add_norm(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Ten
         raise ValueError("add_norm of kind rms takes no bias")
     if attrs.kind == "layer" and attrs.eps is None:
         raise ValueError("add_norm of kind layer needs an eps")
-    _check_dtype(x, "x")
-    _check_dtype(residual, "residual")
     sum_dtype = torch.result_type(x, residual)
     if sum_dtype not in SUPPORTED_DTYPES:
         raise NotImplementedError(f"Triton norm kernels: a sum of dtype {sum_dtype} is not supported")
+    # torch.add casts an integer or bool tensor to the sum's dtype first; floats widen in the kernel
+    x, residual = (t if t.is_floating_point() else t.to(sum_dtype) for t in (x, residual))
+    _check_dtype(x, "x")
+    _check_dtype(residual, "residual")
     if x.shape != residual.shape:
         shape = torch.broadcast_shapes(x.shape, residual.shape)
         x, residual = x.expand(shape), residual.expand(shape)

@@ -146,6 +146,11 @@ def test_add_norm_promotes_and_broadcasts_like_torch_add():
     y, total = norm.add_norm(x, residual, w, b, attrs=attrs)
     assert total.dtype == torch.float32 and total.shape == (2, 5, 48)
     assert_2x_pytorch("add_norm", attrs, [x, residual, w, b], (y, total))
+    ids = torch.arange(-300, 300, 5).reshape(5, 24).repeat(1, 2)[:, :48]  # int64: cast to bf16 (rounds)
+    xb = _rand(5, 48, dtype=torch.bfloat16)
+    y, total = norm.add_norm(xb, ids, w, b, attrs=attrs)
+    assert torch.equal(total, xb + ids)
+    assert_2x_pytorch("add_norm", attrs, [xb, ids, w, b], (y, total))
     x1 = _rand(1, 48, dtype=torch.float16)  # the input is the broadcast one
     residual1 = _rand(3, 48, dtype=torch.float16, seed=4)
     attrs_rms = AddNormAttrs("rms", (48,), None)
@@ -166,8 +171,8 @@ def test_unsupported_inputs_are_refused_by_name():
     x = torch.randn(3, 48)
     with pytest.raises(NotImplementedError, match="float64"):
         norm.layer_norm(x.double(), attrs=NormAttrs((48,), 1e-5))
-    with pytest.raises(NotImplementedError, match="int64"):
-        norm.add_norm(x, torch.ones(3, 48, dtype=torch.int64), attrs=AddNormAttrs("rms", (48,), None))
+    with pytest.raises(NotImplementedError, match="float64"):
+        norm.add_norm(x.half(), torch.ones(3, 48, dtype=torch.float64), attrs=AddNormAttrs("rms", (48,), None))
     with pytest.raises(ValueError, match="takes no bias"):
         norm.add_norm(x, x, torch.ones(48), torch.zeros(48), attrs=AddNormAttrs("rms", (48,), None))
     with pytest.raises(ValueError, match="needs an eps"):
