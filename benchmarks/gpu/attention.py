@@ -71,6 +71,10 @@ def time_ms(fn, smoke: bool) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
 
 
+_COMPILED_FLEX = []  # one torch.compile'd flex_attention for the whole run: after the second length it
+# recompiles with dynamic shapes once instead of once per length (each compile costs many seconds)
+
+
 def flex_runner(s: int, window: int, device: str):
     """A compiled FlexAttention call with a causal sliding-window block mask over length s."""
     import torch
@@ -79,9 +83,10 @@ def flex_runner(s: int, window: int, device: str):
     def sliding_window(b, h, q_idx, kv_idx):
         return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
 
+    if not _COMPILED_FLEX:
+        _COMPILED_FLEX.append(torch.compile(flex_attention))
     block_mask = create_block_mask(sliding_window, B=None, H=None, Q_LEN=s, KV_LEN=s, device=device)
-    compiled = torch.compile(flex_attention, dynamic=False)
-    return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
+    return lambda q, k, v: _COMPILED_FLEX[0](q, k, v, block_mask=block_mask)
 
 
 def run_case(s: int, d: int, name: str, attrs_kw: dict, window: int | None, smoke: bool, device: str, dtype) -> dict:

@@ -50,13 +50,20 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 # The interpreter runs every config it is given: one small tile there (small tiles
 # also exercise the boundary-tile logic on short test sequences).
-if INTERPRETING:
-    CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-else:
-    CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 1)]
-    ]  # the last one fits in shared memory for every supported dtype and head dim (fp32 at D = 256)
+INTERPRETER_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (32, 32, 4, 1)]
+]  # the last one fits in shared memory for every supported dtype and head dim (fp32 at D = 256)
+CONFIGS = INTERPRETER_CONFIGS if INTERPRETING else GPU_CONFIGS
+
+
+def prune_gpu_configs(configs, named_args, **kwargs):
+    """Keep the small fallback tile only where the big ones may not fit (fp32, or head dims over 128):
+    every config autotune keeps is compiled, which costs seconds."""
+    args = {**named_args, **kwargs}
+    big = args["q_ptr"].dtype == torch.float32 or max(args["BLOCK_D"], args["BLOCK_DV"]) > 128
+    return [c for c in configs if big or c.kwargs["BLOCK_M"] > 32]
 
 # rope kinds as the kernel's constexpr
 ROPE_CODES = {"none": 0, "half": 1, "interleaved": 2}
@@ -220,7 +227,8 @@ def _attend_tile(acc, l_i, m_i, q, n0, key_stop, offs_m, m0, m_last, Sq, scale, 
     return acc, l_i, m_new
 
 
-@triton.autotune(configs=CONFIGS, key=["seq_bucket", "HEAD_D", "HEAD_DV", "CAUSAL", "LEFT", "RIGHT", "LOCAL_BLOCK"])
+@triton.autotune(configs=CONFIGS, key=["seq_bucket", "HEAD_D", "HEAD_DV", "CAUSAL", "LEFT", "RIGHT", "LOCAL_BLOCK"],
+                 prune_configs_by=None if INTERPRETING else {"early_config_prune": prune_gpu_configs})
 @triton.jit
 def _attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, qcos_ptr, qsin_ptr, kcos_ptr, ksin_ptr, visits_ptr,
                    stride_qb, stride_qh, stride_qm, stride_qd,

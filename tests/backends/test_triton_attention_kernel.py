@@ -17,7 +17,7 @@ import torch
 
 from t2c.ir.opdefs.attention import AttentionAttrs, attention_operands, attention_reference, structural_mask
 from t2c.ir.opdefs.rope import rope_reference
-from t2c.kernels.attention import attention, attention_key_tile_visits, key_tiles_visited
+from t2c.kernels.attention import GPU_CONFIGS, attention, attention_key_tile_visits, key_tiles_visited, prune_gpu_configs
 
 FP32, FP16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -252,3 +252,12 @@ def test_key_tile_range_is_linear_in_length():
     counts = {key_tiles_visited(m, m + bm, s, s, a, bn) for m in range(bm, s, 997 * bm)}
     assert max(counts) <= 512 // bn + 2 + 1
     assert key_tiles_visited(0, bm, s, s, a, bn) == bm // bn  # the global rows: every key up to themselves
+
+
+def test_gpu_autotune_keeps_the_small_tile_only_where_big_ones_may_not_fit():
+    """Every kept config is compiled on the GPU: the 32x32 fallback only for fp32 or head dims over 128."""
+    def kept(dtype, block_d):
+        q = torch.empty(1, dtype=dtype)
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in prune_gpu_configs(GPU_CONFIGS, {"q_ptr": q}, BLOCK_D=block_d, BLOCK_DV=block_d)]
+    assert (32, 32) not in kept(BF16, 128) and len(kept(BF16, 128)) == len(GPU_CONFIGS) - 1
+    assert (32, 32) in kept(FP32, 64) and (32, 32) in kept(FP16, 256)
