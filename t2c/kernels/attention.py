@@ -65,6 +65,7 @@ def prune_gpu_configs(configs, named_args, **kwargs):
     big = args["q_ptr"].dtype == torch.float32 or max(args["BLOCK_D"], args["BLOCK_DV"]) > 128
     return [c for c in configs if big or c.kwargs["BLOCK_M"] > 32]
 
+
 # rope kinds as the kernel's constexpr
 ROPE_CODES = {"none": 0, "half": 1, "interleaved": 2}
 # mask operand kinds as the kernel's constexpr
