@@ -16,7 +16,7 @@ Contract of a generated kernel:
                  columns (softmax: max, sum of exponentials, then the normalised values).
 Dtypes: inputs of any IR dtype but f64; float values are computed in float32 and each op's result
 is rounded to its IR dtype (f16/bf16) as eager PyTorch rounds each op, so a fused chain matches
-the unfused graph; bool values are Triton int1; integer inputs are loaded as they are. Results are
+the unfused graph (bf16 by bits: the interpreter's conversion truncates); bool values are Triton int1; integer inputs are loaded as they are. Results are
 f32, f16, bf16 or bool; integer-valued ops are left to torch.
 Limits: `pow` only by a constant exponent in `_POW_EXPONENTS`; no `round`, `asin`/`acos`/`atan`,
 `remainder`, `floor_divide`, rounding `div` (Triton has no portable expression for them here).
@@ -39,7 +39,6 @@ from ..ir.opdefs.activation import ACTIVATIONS
 FLOATS = (DType.F32, DType.F16, DType.BF16)
 ROW_REDUCTIONS = ("softmax", "log_softmax", "sum", "mean", "amax", "amin")
 _POW_EXPONENTS = (0.5, -0.5, 1.0, 2.0, 3.0, 4.0, -1.0)
-_TL_DTYPE = {DType.F32: "tl.float32", DType.F16: "tl.float16", DType.BF16: "tl.bfloat16"}
 
 
 # -- launch sizes (called by the generated launchers) -------------------------------------------
@@ -258,6 +257,15 @@ def _glue_tanh(x):
     e = tl.exp(-2.0 * tl.abs(x))
     t = (1.0 - e) / (1.0 + e)
     return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _glue_bf16(x):
+    # float32 -> nearest bfloat16 (ties to even), kept in float32. By bits: Triton's interpreter
+    # truncates in .to(tl.bfloat16), a GPU rounds; this is the same on both.
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
 '''
 
 
@@ -268,8 +276,10 @@ def helpers_source() -> str:
 
 def _rounded(expr: str, dtype: DType) -> str:
     """`expr` rounded to `dtype` and back to float32, as eager rounds each op's result."""
-    if dtype in (DType.F16, DType.BF16):
-        return f"({expr}).to({_TL_DTYPE[dtype]}).to(tl.float32)"
+    if dtype == DType.F16:
+        return f"({expr}).to(tl.float16).to(tl.float32)"
+    if dtype == DType.BF16:
+        return f"_glue_bf16({expr})"
     return expr
 
 
@@ -392,6 +402,7 @@ def _row_source(name: str, group: GlueGroup, rank: int, label) -> str:
         return out, (names[id(src)] if id(src) in names else "")
 
     op = tail.op
+    out_dtype = tail.outputs[0].type.dtype
     first, v = loop(True)
     lines.append(f"    # {label(tail)}")
     if op in ("sum", "mean"):
@@ -409,11 +420,10 @@ def _row_source(name: str, group: GlueGroup, rank: int, label) -> str:
         lines.append("    s = tl.sum(acc, 0)")
         third, v3 = loop(False)
         result = f"tl.exp({v3} - m) / s" if op == "softmax" else f"{v3} - m - tl.log(s)"
-        lines += third + [f"        tl.store(r + row * N + cols, ({result}).to(r.dtype.element_ty), mask=mask)"]
+        lines += third + [f"        tl.store(r + row * N + cols, {_rounded(result, out_dtype)}.to(r.dtype.element_ty), mask=mask)"]
     if op not in ("softmax", "log_softmax"):
-        lines.append("    tl.store(r + row, res.to(r.dtype.element_ty))")
+        lines.append(f"    tl.store(r + row, {_rounded('res', out_dtype)}.to(r.dtype.element_ty))")
     lines.append("")
-    out_type = tail.outputs[0].type
     lines += _launcher_head(name, group, label)
     lines.append("    N = shape[-1]")
     lines.append("    rows = math.prod(shape[:-1])")
@@ -423,7 +433,7 @@ def _row_source(name: str, group: GlueGroup, rank: int, label) -> str:
         rshape = "shape"
     else:
         rshape = "shape[:-1] + (1,)" if tail.attrs.keepdim else "shape[:-1]"
-    lines.append(f"    r = torch.empty({rshape}, dtype={out_type.dtype.torch}, device=x0.device)")
+    lines.append(f"    r = torch.empty({rshape}, dtype={out_dtype.torch}, device=x0.device)")
     lines += ["    if rows and N:",
               f"        _{name}_kernel[(rows,)]({', '.join(xs + ys)}, r, N, *shape[:-1]{_strides(group)}, BLOCK=row_block(N))"]
     results = [("r" if v is tail.outputs[0] else f"y{stored.index(v)}") for v in group.outputs]
