@@ -31,10 +31,11 @@ import torch
 import torch.fx
 
 from ..errors import UnsupportedOpError, UserError, VerifyError
-from ..ir.core import Dim, DType, Graph, SymDim, TensorType, Value, dim_from_sympy, fresh_data_dim, is_data_dim, sym_symbol
+from ..ir.core import Dim, DType, Graph, SymDim, TensorType, Value, dim_from_sympy, dim_sympy, fresh_data_dim, is_data_dim, sym_symbol
 from ..ir.verifier import types_match
 from . import hf
 from .loaders import LoadedModel, default_dynamic_dims
+from .pinned_sizes import on_pinned_range, pin_breaking_sizes, pinned_bounds, pins_hold_from_one, shape_env
 from .aten_table import CONVERSIONS, IDENTITY_OPS, SCALAR_OPS, SKIPPED_OPS, SYMBOLIC_OPS
 from . import aten_data_dependent  # noqa: F401,E402  (registers its conversions in the same table)
 
@@ -155,88 +156,36 @@ def _unpinned(ep, wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], d
     say one chunk (cumsum's says 1, the views' `(seq + pad) // chunk`), a program only valid for
     seq <= chunk while its range says [2, oo]. A guard `size == N` that a longer value of one
     dynamic dim breaks is such a pin: the examples are tiled to the shortest such value and
-    exported again, once; the first program stays if that one fails or pins too.
+    exported again, once. If that one fails or pins too, the pin is a bound (pinned_sizes.py):
+    the program kept is one whose pins hold from one token up.
     """
-    longer = _pin_breaking_sizes(ep, examples, dynamic_dims)
+    longer = pin_breaking_sizes(ep, examples, dynamic_dims)
     if not longer:
         return ep
+    again = _export_resized(wrapper, examples, dynamic_dims, longer)
+    if again is not None and not pin_breaking_sizes(again[0], again[1], dynamic_dims):
+        return again[0]
+    # The pin stays (a Python loop over chunks unrolls once per chunk of the example): the program
+    # is kept with the bound its guards imply (pinned_sizes.pinned_bounds), which must start at one
+    # token; an example of several chunks is traced again at two tokens, one chunk.
+    if pins_hold_from_one(ep):
+        return ep
+    short = _export_resized(wrapper, examples, dynamic_dims, {label: 2 for label in longer})
+    return short[0] if short is not None and pins_hold_from_one(short[0]) else ep
+
+
+def _export_resized(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]], sizes: dict[str, int]):
+    """(program, examples): the Dim.AUTO program at the examples tiled or cut to `sizes` along their labels; None if the model refuses them."""
     out = {}
     for name, t in examples.items():
         for axis, label in dynamic_dims.get(name, {}).items():
-            if label in longer and t.dim() > axis:
-                t = t.index_select(axis, torch.arange(longer[label]) % t.shape[axis])
+            if label in sizes and t.dim() > axis:
+                t = t.index_select(axis, torch.arange(sizes[label]) % t.shape[axis])
         out[name] = t
     try:
-        again = _export(wrapper, out, dynamic_dims, named=False)
-    except Exception:  # noqa: BLE001 - the model refuses the longer example: keep what torch traced first
-        return ep
-    return ep if _pin_breaking_sizes(again, out, dynamic_dims) else again
-
-
-def _shape_env(ep):
-    for node in ep.graph.nodes:
-        val = node.meta.get("val") if node.op == "placeholder" else None
-        env = getattr(getattr(val, "fake_mode", None), "shape_env", None)
-        if env is not None:
-            return env
-    return None
-
-
-def _size_guards(env) -> list[tuple[sympy.Expr, sympy.Integer]]:
-    """(size, N) for each guard `size == N` of the trace: size computed from one dynamic dim, not a remainder."""
-    out = []
-    for guard in getattr(env, "guards", None) or []:
-        g = guard.expr
-        if not isinstance(g, sympy.Eq):
-            continue
-        lhs, rhs = g.args
-        if lhs.is_Integer:
-            lhs, rhs = rhs, lhs
-        if rhs.is_Integer and len(lhs.free_symbols) == 1 and not isinstance(lhs, sympy.Symbol) and type(lhs).__name__ not in ("Mod", "PythonMod"):
-            out.append((lhs, rhs))
-    return out
-
-
-def _breaking_probe(lhs: sympy.Expr, rhs: sympy.Integer, start: int) -> int | None:
-    """The shortest probed value > `start` of lhs's one symbol at which `lhs == rhs` fails (None: it holds at all)."""
-    (s,) = lhs.free_symbols
-    probes = sorted({start + k for k in range(1, 33)} | {2 ** k + 1 for k in range(1, 17) if 2 ** k + 1 > start})
-    for v in probes:
-        try:
-            holds = bool(lhs.xreplace({s: sympy.Integer(v)}) == rhs)
-        except Exception:  # noqa: BLE001 - an expression that does not evaluate: not a pin we can break
-            return None
-        if not holds:
-            return v
-    return None
-
-
-def _pin_breaking_sizes(ep, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]]) -> dict[str, int]:
-    """{label: n} for each dynamic dim for which a guard `size == N` (see `_size_guards`) holds at the
-    example's size and fails at a longer one, n the shortest probed."""
-    env = _shape_env(ep)
-    if env is None:
-        return {}
-    user_names = set(ep.graph_signature.user_inputs)
-    user = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user_names]
-    by_symbol: dict[sympy.Symbol, tuple[str, int]] = {}
-    for ph, (name, t) in zip(user, examples.items()):
-        val = ph.meta.get("val")
-        for axis, label in dynamic_dims.get(name, {}).items():
-            if isinstance(val, torch.Tensor) and val.dim() > axis and isinstance(val.shape[axis], torch.SymInt):
-                expr = val.shape[axis].node.expr
-                if isinstance(expr, sympy.Symbol):
-                    by_symbol.setdefault(expr, (label, t.shape[axis]))
-    found: dict[str, int] = {}
-    for lhs, rhs in _size_guards(env):
-        (s,) = lhs.free_symbols
-        if s not in by_symbol:
-            continue
-        label, n = by_symbol[s]
-        v = _breaking_probe(lhs, rhs, n)
-        if v is not None:
-            found[label] = min(found.get(label, v), v)
-    return found
+        return _export(wrapper, out, dynamic_dims, named=False), out
+    except Exception:  # noqa: BLE001 - the model refuses that example: the caller keeps what torch traced first
+        return None
 
 
 def _export_named(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]]):
@@ -393,7 +342,8 @@ class Converter:
         unnamed = [s for s in expr.free_symbols if _is_unbacked(s) and s not in self.symbols]
         if unnamed:
             raise self.unsupported(f"a size known only at run time ({unnamed[0]}) that no op t2c converts computes")
-        return dim_from_sympy(self._decide_min_max(_plain_sympy(expr)).xreplace(self.symbols))
+        d = dim_from_sympy(self._decide_min_max(_plain_sympy(expr)).xreplace(self.symbols))
+        return on_pinned_range(d, self.memo.get("pinned", {}))
 
     def _decide_min_max(self, expr: sympy.Expr) -> sympy.Expr:
         """Max/Min whose winner the dims' ranges decide, replaced by the winner.
@@ -442,12 +392,7 @@ class Converter:
         if "ranges" in self.memo:
             return self.memo["ranges"]
         ranges = {k: v for k, v in self.ep.range_constraints.items() if isinstance(k, sympy.Symbol)}
-        env = None
-        for node in self.ep.graph.nodes:
-            val = node.meta.get("val") if node.op == "placeholder" else None
-            env = getattr(getattr(val, "fake_mode", None), "shape_env", None)
-            if env is not None:
-                break
+        env = shape_env(self.ep)
         for sym, vr in (getattr(env, "var_to_range", None) or {}).items():
             if sym in ranges:
                 ranges[sym] = ranges[sym] & vr
@@ -478,6 +423,11 @@ class Converter:
     def _bind_scalar(self, s: sympy.Symbol) -> None:
         from ..ir.opdefs.data_dependent import DataSizeAttrs
 
+        remainder = self.memo.get("split_remainders", {}).get(s)
+        if remainder is not None:  # what the split's other sizes leave of its total (`split_remainders`)
+            total, others = remainder
+            self.symbols[s] = dim_sympy(self.sym(total)) - sum((dim_sympy(self.sym(o)) for o in others), sympy.Integer(0))
+            return
         name = fresh_data_dim(self._taken())
         self.symbols[s] = sym_symbol(name)
         self.emit("data_size", [self.scalar_sources[s]], DataSizeAttrs(SymDim(name)))
@@ -665,6 +615,11 @@ def convert(ep: torch.export.ExportedProgram, output_names: list[str], *, name: 
                 conv.symbols[sym] = named / w if w > 1 else named
                 if w > 1:
                     graph.constraints[label] = w
+    conv.memo["split_remainders"] = split_remainders(ep)
+    # A size torch's guards pin (one chunk of a Python chunk loop) bounds its dim (pinned_sizes.py).
+    conv.memo["pinned"] = pinned_bounds(ep, conv.symbols)
+    for label, m in conv.memo["pinned"].items():
+        graph.bounds[label] = min(graph.bounds.get(label, m), m)
     state = dict(ep.state_dict)
     state.update(getattr(ep, "constants", {}) or {})
     user_i = 0
@@ -728,6 +683,26 @@ def _convert_call(conv: Converter, node: torch.fx.Node) -> None:
         n.meta["source"] = source_line(node)
     _check_against_meta(conv, node, result)
     conv.env[node] = result
+
+
+def split_remainders(ep) -> dict[sympy.Symbol, tuple[Any, list[Any]]]:
+    """{last size: (the split dim's size, the other sizes)} for each split into data-dependent sizes.
+
+    `x.split(expert_sizes.tolist())` and then `cat` of the pieces has `n0+n1+n2+n3` rows where torch
+    knows (split checks it) that they add up to x's rows: the last size is bound as `rows - n0 - n1 - n2`
+    so that the cat keeps x's rows and broadcasts with per-row gates (JetMoE)."""
+    out: dict[sympy.Symbol, tuple[Any, list[Any]]] = {}
+    for node in ep.graph.nodes:
+        if node.target is not torch.ops.aten.split_with_sizes.default or len(node.args[1]) < 2:
+            continue
+        x, sizes = node.args[0], node.args[1]
+        axis = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        vals = [n.meta.get("val") if isinstance(n, torch.fx.Node) else n for n in sizes]
+        x_val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+        if not isinstance(x_val, torch.Tensor) or not all(isinstance(v, torch.SymInt) and _is_unbacked(v.node.expr) for v in vals):
+            continue
+        out.setdefault(vals[-1].node.expr, (x_val.shape[axis], vals[:-1]))
+    return out
 
 
 def _op_name(target: Any) -> str:

@@ -75,3 +75,51 @@ def test_chunked_segsum_traces_for_every_length(traced):
         x = torch.randn(3, seq, 4)
         (got,) = run_graph(g, {"x": x}).values()
         torch.testing.assert_close(got, m(x))
+
+
+class ChunkLoop(nn.Module):
+    """A chunked recurrence written as papers write it (Gated DeltaNet's `torch_chunk_gated_delta_rule`):
+    a Python loop over the chunks carrying a state from one chunk to the next."""
+
+    def __init__(self, chunk: int = 16):
+        super().__init__()
+        self.chunk = chunk
+
+    def forward(self, x):  # x: [batch, seq, d]
+        seq = x.shape[1]
+        pad = (self.chunk - seq % self.chunk) % self.chunk
+        x = nn.functional.pad(x, (0, 0, 0, pad))
+        chunks = x.reshape(x.shape[0], -1, self.chunk, x.shape[-1])
+        state = torch.zeros(x.shape[0], x.shape[-1])
+        out = torch.zeros_like(chunks)
+        for i in range((seq + pad) // self.chunk):
+            out[:, i] = chunks[:, i].cumsum(1) + state[:, None]
+            state = state + chunks[:, i].sum(1)
+        return out.reshape(x.shape[0], -1, x.shape[-1])[:, :seq]
+
+
+@pytest.mark.parametrize("traced", [8, 40])  # one chunk, and three (traced again at one chunk)
+def test_python_chunk_loop_is_bounded_to_the_chunks_it_unrolled(traced):
+    """torch.export unrolls the loop once per chunk and guards `(seq + pad) // 16 == 1`: no length
+    breaks that pin, so the program holds for seq <= 16 only, and says so as a constraint the
+    interpreter enforces; the padded length is 16 on that range, as torch's later shapes say."""
+    m = ChunkLoop(16).eval()
+    g = trace(m, {"x": torch.randn(2, traced, 4)})
+    verify(g)
+    assert g.constraint_lines() == ["seq <= 16"]
+    for seq in (1, 7, 16):
+        x = torch.randn(3, seq, 4)
+        (got,) = run_graph(g, {"x": x}).values()
+        torch.testing.assert_close(got, m(x))
+    with pytest.raises(Exception, match="seq <= 16"):
+        run_graph(g, {"x": torch.randn(1, 17, 4)})
+
+
+def test_simplest_form_on_a_pinned_range():
+    from t2c.frontends.pinned_sizes import on_pinned_range
+
+    padded = dim("seq+Mod(15*seq,16)")
+    assert on_pinned_range(padded, {"seq": 16}) == 16
+    assert str(on_pinned_range(dim("Mod(15*seq,16)"), {"seq": 16})) == "16-seq"  # the padding
+    assert on_pinned_range(padded, {"seq": 17}) == padded  # 32 at 17: not one form on [1, 17]
+    assert on_pinned_range(padded, {}) == padded  # no bound: unchanged

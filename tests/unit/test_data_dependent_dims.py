@@ -111,3 +111,34 @@ def test_frontend_names_unbacked_sizes_in_order():
     assert [n.op for n in g.nodes].count("index_add") == 3
     for xs, ids in ((x, idx), (torch.randn(2, 4), torch.zeros(2, 2, dtype=torch.int64))):
         torch.testing.assert_close(run_graph(g, {"x": xs, "idx": ids})["output"], m(xs, ids))
+
+
+class SplitExperts(torch.nn.Module):
+    """JetMoE's parallel experts: rows sorted by expert, split by the experts' token counts
+    (`.tolist()`: data-dependent sizes), one linear per piece, concatenated, scaled per row."""
+
+    def __init__(self, experts: int = 3, d: int = 4):
+        super().__init__()
+        self.experts = experts
+        self.weight = torch.nn.Parameter(torch.randn(experts, d, d))
+
+    def forward(self, x, idx):  # x [rows, d], idx [rows] in [0, experts)
+        order = idx.argsort()
+        sizes = torch.nn.functional.one_hot(idx, self.experts).sum(0).tolist()
+        pieces = x[order].split(sizes, dim=0)
+        out = torch.cat([p @ self.weight[e] for e, p in enumerate(pieces)], dim=0)
+        gates = torch.sigmoid(x[order].sum(-1, keepdim=True))  # [rows, 1]
+        return out * gates
+
+
+def test_split_into_data_dependent_sizes_keeps_the_total():
+    """The last size is what the others leave (`rows - n0 - n1`), so the cat has `rows` rows again
+    and multiplies with the per-row gates; n0+n1+n2 would not broadcast with `rows`."""
+    m = SplitExperts().eval()
+    g = trace(m, {"x": torch.randn(6, 4), "idx": torch.tensor([0, 2, 1, 0, 2, 2])}, {"x": {0: "rows"}, "idx": {0: "rows"}})
+    verify(g)
+    assert str(g.outputs[0][1].type) == "f32[rows,4]"
+    for idx in ([1, 1, 0, 2, 0], [2, 2, 2, 2, 2], [0, 1, 2, 0, 1, 2, 0]):
+        x, i = torch.randn(len(idx), 4), torch.tensor(idx)
+        (got,) = run_graph(g, {"x": x, "idx": i}).values()
+        torch.testing.assert_close(got, m(x, i))
