@@ -178,7 +178,10 @@ def default_dynamic_dims(example_inputs: dict[str, Any]) -> dict[str, dict[int, 
 
     - rank 2 and 3: axis 0 is "batch" and axis 1 "seq" (token ids, masks,
       embeddings [B, S, H]); inputs named `decoder_*` (an encoder-decoder's
-      decoder side) take "decoder_seq" instead, a length of their own;
+      decoder side) take "decoder_seq" instead, a length of their own, and so
+      do the inputs of any other token sequence that has ids of its own
+      and mask (`entity_ids`, `entity_attention_mask`, `entity_position_ids`:
+      "entity_seq"); `global_attention_mask` without `global_ids` stays "seq";
     - rank >= 4, and inputs named like images or audio features
       (BATCH_ONLY_INPUTS: `pixel_values` [B, C, H, W], `input_features`
       [B, n_mels, frames]): axis 0 only; their other axes are channels and
@@ -197,7 +200,7 @@ def default_dynamic_dims(example_inputs: dict[str, Any]) -> dict[str, dict[int, 
         if value.dim() >= 4 or (value.dim() >= 2 and name in BATCH_ONLY_INPUTS):
             axes = {0: "batch"}
         elif value.dim() >= 2:
-            axes = {0: "batch", 1: "decoder_seq" if name.startswith("decoder_") else "seq"}
+            axes = {0: "batch", 1: _sequence_label(name, example_inputs)}
         elif value.dim() == 1 and value.shape[0] >= 2:
             axes = {0: "batch"}
         else:
@@ -205,6 +208,16 @@ def default_dynamic_dims(example_inputs: dict[str, Any]) -> dict[str, dict[int, 
         if axes:
             dims[name] = axes
     return dims
+
+
+def _sequence_label(name: str, example_inputs: dict[str, Any]) -> str:
+    """`P_seq` for an input `P_...` when `P_ids` (or `P_input_ids`) and `P_attention_mask` are inputs
+    too: a sequence of its own. Else "seq" (`position_ids` is one per token, not a sequence)."""
+    if name.startswith("decoder_"):
+        return "decoder_seq"
+    prefix = name.split("_", 1)[0]
+    has_ids = f"{prefix}_ids" in example_inputs or f"{prefix}_input_ids" in example_inputs
+    return f"{prefix}_seq" if "_" in name and has_ids and f"{prefix}_attention_mask" in example_inputs else "seq"
 
 
 def trust_from_env() -> bool:

@@ -319,3 +319,15 @@ def test_default_dynamic_dims_rules():
         "input_features": {0: "batch"},
         "feature_map": {0: "batch"},
     }
+
+
+def test_a_sequence_with_ids_of_its_own_gets_its_own_length():
+    """LUKE's entities: `entity_ids` and `entity_attention_mask` make `entity_*` a second sequence;
+    `global_attention_mask` (Longformer) has no `global_ids` and `position_ids` no mask: the tokens' length."""
+    ids = torch.zeros(2, 8, dtype=torch.int64)
+    ents = torch.zeros(2, 3, dtype=torch.int64)
+    examples = {"input_ids": ids, "attention_mask": ids, "global_attention_mask": ids, "position_ids": ids,
+                "entity_ids": ents, "entity_attention_mask": ents, "entity_position_ids": torch.zeros(2, 3, 5, dtype=torch.int64)}
+    labels = {name: axes[1] for name, axes in default_dynamic_dims(examples).items()}
+    assert labels == {"input_ids": "seq", "attention_mask": "seq", "global_attention_mask": "seq", "position_ids": "seq",
+                      "entity_ids": "entity_seq", "entity_attention_mask": "entity_seq", "entity_position_ids": "entity_seq"}
