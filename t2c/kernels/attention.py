@@ -21,9 +21,11 @@ of BLOCK_N keys held in SRAM:
     m, l, acc updated as in FlashAttention; out = acc / l, or 0 for rows that see no key
 
 Structure never costs O(Sq * Sk): the key tiles a query block visits are bounded
-by `key_tile_range` (causal, window (left, right), block-local), so work grows as
+by `key_tiles` (causal, window (left, right), block-local), so work grows as
 Sq * (W + G); the first G global keys get a separate pass, and query blocks that
-hold global rows visit every key. Fully visible tiles skip the element mask.
+hold global rows visit every key. Tiles fully visible to the whole query block
+run in their own loop, without the element mask (the cut tiles at the band's
+edges and the global keys apply it).
 
 Dtypes: fp32, fp16 and bf16 inputs (all three alike), fp32 accumulation; fp32
 dots use IEEE precision (no TF32). Head dims up to 256 (D and Dv padded to the
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -72,15 +75,38 @@ ROPE_CODES = {"none": 0, "half": 1, "interleaved": 2}
 NO_MASK, ADDITIVE_MASK, BOOL_MASK = 0, 1, 2
 
 
-def key_tile_range(q_start: int, q_stop: int, sq: int, sk: int, a: AttentionAttrs, block_n: int) -> tuple[int, int, int]:
-    """(global_stop, lo, hi): the keys one query block [q_start, q_stop) visits.
+class KeyTiles(NamedTuple):
+    """The keys one query block visits, as element bounds; the kernel computes the same.
 
-    The kernel visits key tiles [0, global_stop) (the global keys left of the band)
-    and [lo, hi) stepping by block_n (lo is a multiple of block_n); every other key
-    is invisible to all rows of the block. Mirrors the kernel's own computation.
+    Key tiles [0, global_stop) (the global keys left of the band) and [lo, hi)
+    stepping by block_n (lo a multiple of block_n); of the latter, the tiles in
+    [full_lo, full_hi) are visible to every row of the block and skip the element
+    mask. Every other key is invisible to all rows of the block.
     """
+
+    global_stop: int
+    lo: int
+    full_lo: int
+    full_hi: int
+    hi: int
+    block_n: int
+
+    @property
+    def tiles(self) -> int:
+        """Key tiles loaded."""
+        return -(-self.global_stop // self.block_n) + max(0, -(-(self.hi - self.lo) // self.block_n))
+
+    @property
+    def masked_tiles(self) -> int:
+        """Key tiles that apply the element mask (the rest are fully visible)."""
+        return self.tiles - (self.full_hi - self.full_lo) // self.block_n
+
+
+def key_tiles(q_start: int, q_stop: int, sq: int, sk: int, a: AttentionAttrs, block_n: int) -> KeyTiles:
+    """The KeyTiles of the query block [q_start, q_stop) (rows past sq do not count)."""
     last = min(q_stop, sq) - 1
     left, right = a.window
+    all_global = a.global_tokens > 0 and last < a.global_tokens
     lo, hi = 0, sk
     if a.causal:
         hi = min(hi, last + 1)
@@ -95,13 +121,25 @@ def key_tile_range(q_start: int, q_stop: int, sq: int, sk: int, a: AttentionAttr
         lo, hi = 0, (min(sk, last + 1) if a.causal else sk)
     lo = (lo // block_n) * block_n
     global_stop = min(a.global_tokens, lo, sk) if a.global_tokens > 0 else 0
-    return global_stop, lo, hi
-
-
-def key_tiles_visited(q_start: int, q_stop: int, sq: int, sk: int, a: AttentionAttrs, block_n: int) -> int:
-    """How many key tiles the kernel loads for the query block [q_start, q_stop)."""
-    global_stop, lo, hi = key_tile_range(q_start, q_stop, sq, sk, a, block_n)
-    return -(-global_stop // block_n) + max(0, -(-(hi - lo) // block_n))
+    # fully visible: whole tiles inside [lo, hi) that every row's band covers (global
+    # keys only add visibility, so the band alone is a safe bound unless all rows are global)
+    full_lo, full_hi = lo, max(lo, hi)
+    if not all_global:
+        if left >= 0:
+            full_lo = max(full_lo, last - left)
+        if right >= 0:
+            full_hi = min(full_hi, q_start + right + 1)
+        if a.block > 0:
+            if q_start // a.block != last // a.block:
+                full_hi = full_lo
+            full_lo = max(full_lo, (q_start // a.block) * a.block)
+            full_hi = min(full_hi, (q_start // a.block + 1) * a.block)
+    if a.causal:
+        full_hi = min(full_hi, q_start + 1)
+    n_tiles = -(-max(0, hi - lo) // block_n)
+    first = min(-(-(full_lo - lo) // block_n), n_tiles)
+    stop = min(max((max(full_hi, lo) - lo) // block_n, first), n_tiles)
+    return KeyTiles(global_stop, lo, lo + first * block_n, lo + stop * block_n, hi, block_n)
 
 
 @triton.jit
@@ -165,34 +203,16 @@ def _visible(offs_m, offs_n, key_stop, CAUSAL: tl.constexpr, LEFT: tl.constexpr,
 
 
 @triton.jit
-def _tile_fully_visible(m0, m_last, n0, n_last, key_stop, CAUSAL: tl.constexpr, LEFT: tl.constexpr,
-                        RIGHT: tl.constexpr, LOCAL_BLOCK: tl.constexpr, GLOBAL: tl.constexpr):
-    """Whether every (row, key) of the tile is visible, so the element mask can be skipped."""
-    base = n0 >= 0
-    if LEFT >= 0:
-        base = base & (n0 >= m_last - LEFT)
-    if RIGHT >= 0:
-        base = base & (n_last <= m0 + RIGHT)
-    if LOCAL_BLOCK > 0:
-        blk = m0 // LOCAL_BLOCK
-        base = base & (m_last // LOCAL_BLOCK == blk) & (n0 // LOCAL_BLOCK == blk) & (n_last // LOCAL_BLOCK == blk)
-    if GLOBAL > 0:
-        base = base | (m_last < GLOBAL) | (n_last < GLOBAL)
-    if CAUSAL:
-        base = base & (n_last <= m0)
-    return base & (n_last < key_stop)
-
-
-@triton.jit
-def _attend_tile(acc, l_i, m_i, q, n0, key_stop, offs_m, m0, m_last, Sq, scale, softcap,
+def _attend_tile(acc, l_i, m_i, q, n0, key_stop, offs_m, Sq, scale, softcap,
                  k_base, v_base, mask_base, kcos_base, ksin_base,
                  stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, stride_cn, stride_cd,
                  HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
                  LOCAL_BLOCK: tl.constexpr, GLOBAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                  MASK_KIND: tl.constexpr, ROPE: tl.constexpr, ROTARY_DIM: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """One online-softmax step over the key tile [n0, n0 + BLOCK_N) (keys >= key_stop are invisible)."""
+                 DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr):
+    """One online-softmax step over the key tile [n0, n0 + BLOCK_N); MASKED applies the structure
+    (and makes keys >= key_stop invisible), else every key of the tile is visible to every row."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -214,7 +234,7 @@ def _attend_tile(acc, l_i, m_i, q, n0, key_stop, offs_m, m0, m_last, Sq, scale, 
             s = s + mvals.to(tl.float32)
         else:
             s = tl.where(mvals != 0, s, float("-inf"))
-    if not _tile_fully_visible(m0, m_last, n0, n0 + BLOCK_N - 1, key_stop, CAUSAL, LEFT, RIGHT, LOCAL_BLOCK, GLOBAL):
+    if MASKED:
         s = tl.where(_visible(offs_m, offs_n, key_stop, CAUSAL, LEFT, RIGHT, LOCAL_BLOCK, GLOBAL), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # a row that has seen no key yet keeps m = -inf: subtract 0 instead, so exp gives 0, not nan
@@ -226,6 +246,28 @@ def _attend_tile(acc, l_i, m_i, q, n0, key_stop, offs_m, m0, m_last, Sq, scale, 
                 mask=n_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST)
     return acc, l_i, m_new
+
+
+@triton.jit
+def _attend_range(acc, l_i, m_i, q, start, stop, key_stop, offs_m, Sq, scale, softcap,
+                  k_base, v_base, mask_base, kcos_base, ksin_base,
+                  stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, stride_cn, stride_cd,
+                  HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
+                  LOCAL_BLOCK: tl.constexpr, GLOBAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                  MASK_KIND: tl.constexpr, ROPE: tl.constexpr, ROTARY_DIM: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr):
+    """The key tiles start, start + BLOCK_N, ... below stop; returns (acc, l, m, tiles visited)."""
+    tiles = start * 0
+    for n0 in range(start, stop, BLOCK_N):
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, n0, key_stop, offs_m, Sq, scale, softcap,
+                                     k_base, v_base, mask_base, kcos_base, ksin_base,
+                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
+                                     stride_cn, stride_cd, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N,
+                                     CAUSAL, LEFT, RIGHT, LOCAL_BLOCK, GLOBAL, HAS_SOFTCAP, MASK_KIND,
+                                     ROPE, ROTARY_DIM, DOT_PRECISION, UPCAST, MASKED)
+        tiles += 1
+    return acc, l_i, m_i, tiles
 
 
 @triton.autotune(configs=CONFIGS, key=["seq_bucket", "HEAD_D", "HEAD_DV", "CAUSAL", "LEFT", "RIGHT", "LOCAL_BLOCK"],
@@ -272,8 +314,8 @@ def _attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, qcos_ptr, qsin_ptr, kco
         q = _rope_tile(q, q_base, offs_m, m_ok, stride_qm, stride_qd, qcos_base, qsin_base, stride_qcm, stride_qcd,
                        BLOCK_D, ROTARY_DIM, ROPE == 2)
 
-    # The keys this block can see (key_tile_range in Python says the same): a band
-    # [lo, hi) and the global keys left of it.
+    # The keys this block can see (KeyTiles in Python says the same): a band [lo, hi)
+    # whose tiles in [full_lo, full_hi) need no element mask, and the global keys left of it.
     lo = m0 * 0
     hi = lo + Sk
     if CAUSAL:
@@ -296,35 +338,67 @@ def _attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, qcos_ptr, qsin_ptr, kco
     lo = (lo // BLOCK_N) * BLOCK_N
     if GLOBAL > 0:
         global_stop = tl.minimum(tl.minimum(lo, GLOBAL), Sk)
+    full_lo = lo
+    full_hi = tl.maximum(lo, hi)
+    band_lo = full_lo
+    band_hi = full_hi
+    if LEFT >= 0:
+        band_lo = tl.maximum(band_lo, m_last - LEFT)
+    if RIGHT >= 0:
+        band_hi = tl.minimum(band_hi, m0 + RIGHT + 1)
+    if LOCAL_BLOCK > 0:
+        band_hi = tl.where(m0 // LOCAL_BLOCK != m_last // LOCAL_BLOCK, band_lo, band_hi)
+        band_lo = tl.maximum(band_lo, (m0 // LOCAL_BLOCK) * LOCAL_BLOCK)
+        band_hi = tl.minimum(band_hi, (m0 // LOCAL_BLOCK + 1) * LOCAL_BLOCK)
+    if GLOBAL > 0:  # rows that are all global see past the band
+        full_lo = tl.where(m_last < GLOBAL, full_lo, band_lo)
+        full_hi = tl.where(m_last < GLOBAL, full_hi, band_hi)
+    else:
+        full_lo = band_lo
+        full_hi = band_hi
+    if CAUSAL:
+        full_hi = tl.minimum(full_hi, m0 + 1)
+    n_tiles = (tl.maximum(hi - lo, 0) + BLOCK_N - 1) // BLOCK_N
+    first = tl.minimum((full_lo - lo + BLOCK_N - 1) // BLOCK_N, n_tiles)
+    stop = tl.minimum(tl.maximum((tl.maximum(full_hi, lo) - lo) // BLOCK_N, first), n_tiles)
+    full_lo = lo + first * BLOCK_N
+    full_hi = lo + stop * BLOCK_N
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    visits = m0 * 0
-    for n0 in range(0, global_stop, BLOCK_N):
-        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, n0, global_stop, offs_m, m0, m_last, Sq, scale, softcap,
-                                     k_base, v_base, mask_base, kcos_base, ksin_base,
-                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
-                                     stride_kcn, stride_kcd, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N,
-                                     CAUSAL, LEFT, RIGHT, LOCAL_BLOCK, GLOBAL, HAS_SOFTCAP, MASK_KIND,
-                                     ROPE, ROTARY_DIM, DOT_PRECISION, UPCAST)
-        visits += 1
-    for n0 in range(lo, hi, BLOCK_N):
-        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, n0, hi, offs_m, m0, m_last, Sq, scale, softcap,
-                                     k_base, v_base, mask_base, kcos_base, ksin_base,
-                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
-                                     stride_kcn, stride_kcd, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N,
-                                     CAUSAL, LEFT, RIGHT, LOCAL_BLOCK, GLOBAL, HAS_SOFTCAP, MASK_KIND,
-                                     ROPE, ROTARY_DIM, DOT_PRECISION, UPCAST)
-        visits += 1
+    # (start, stop, keys visible below, masked): the global keys, the band's cut tiles
+    # on the left, its full tiles, its cut tiles on the right
+    acc, l_i, m_i, n_global = _attend_range(
+        acc, l_i, m_i, q, 0, global_stop, global_stop, offs_m, Sq, scale, softcap,
+        k_base, v_base, mask_base, kcos_base, ksin_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        stride_mm, stride_mn, stride_kcn, stride_kcd, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N, CAUSAL, LEFT,
+        RIGHT, LOCAL_BLOCK, GLOBAL, HAS_SOFTCAP, MASK_KIND, ROPE, ROTARY_DIM, DOT_PRECISION, UPCAST, True)
+    acc, l_i, m_i, n_left = _attend_range(
+        acc, l_i, m_i, q, lo, full_lo, hi, offs_m, Sq, scale, softcap,
+        k_base, v_base, mask_base, kcos_base, ksin_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        stride_mm, stride_mn, stride_kcn, stride_kcd, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N, CAUSAL, LEFT,
+        RIGHT, LOCAL_BLOCK, GLOBAL, HAS_SOFTCAP, MASK_KIND, ROPE, ROTARY_DIM, DOT_PRECISION, UPCAST, True)
+    acc, l_i, m_i, n_full = _attend_range(
+        acc, l_i, m_i, q, full_lo, full_hi, hi, offs_m, Sq, scale, softcap,
+        k_base, v_base, mask_base, kcos_base, ksin_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        stride_mm, stride_mn, stride_kcn, stride_kcd, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N, CAUSAL, LEFT,
+        RIGHT, LOCAL_BLOCK, GLOBAL, HAS_SOFTCAP, MASK_KIND, ROPE, ROTARY_DIM, DOT_PRECISION, UPCAST, False)
+    acc, l_i, m_i, n_right = _attend_range(
+        acc, l_i, m_i, q, full_hi, hi, hi, offs_m, Sq, scale, softcap,
+        k_base, v_base, mask_base, kcos_base, ksin_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        stride_mm, stride_mn, stride_kcn, stride_kcd, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N, CAUSAL, LEFT,
+        RIGHT, LOCAL_BLOCK, GLOBAL, HAS_SOFTCAP, MASK_KIND, ROPE, ROTARY_DIM, DOT_PRECISION, UPCAST, True)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l = 0: the row saw no key, its acc is 0
     offs_dv = tl.arange(0, BLOCK_DV)
     o_base = o_ptr + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od, out.to(o_ptr.dtype.element_ty),
              mask=m_ok[:, None] & (offs_dv[None, :] < HEAD_DV))
-    if COUNT_VISITS:
-        tl.store(visits_ptr + pid_bh * tl.num_programs(0) + pid_m, visits)
+    if COUNT_VISITS:  # (tiles loaded, tiles masked) per program
+        slot = visits_ptr + (pid_bh * tl.num_programs(0) + pid_m) * 2
+        tl.store(slot, n_global + n_left + n_full + n_right)
+        tl.store(slot + 1, n_global + n_left + n_right)
 
 
 def _as_4d(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -350,7 +424,8 @@ def _unsupported(q, k, v, cos) -> str | None:
 
 
 def _launch(q, k, v, mask, cos, sin, a: AttentionAttrs, visits: torch.Tensor | None = None) -> torch.Tensor:
-    """Run the kernel; `visits`, when given ([B*Hq, query blocks] int32), receives the key tiles each program loaded."""
+    """Run the kernel; `visits`, when given ([B*Hq, query blocks, 2] int32), receives each program's
+    (key tiles loaded, of them masked)."""
     reason = _unsupported(q, k, v, cos)
     if reason is not None:
         raise NotImplementedError(f"triton attention kernel: {reason}")
@@ -407,8 +482,9 @@ def attention(*operands: torch.Tensor, attrs: AttentionAttrs) -> torch.Tensor:
     return _launch(q, k, v, mask, cos, sin, attrs)
 
 
-def attention_key_tile_visits(*operands: torch.Tensor, attrs: AttentionAttrs) -> tuple[torch.Tensor, int]:
-    """Run the kernel and return (the key tiles each program loaded [B*Hq, query blocks], BLOCK_N).
+def attention_key_tile_visits(*operands: torch.Tensor, attrs: AttentionAttrs) -> tuple[torch.Tensor, int, int]:
+    """Run the kernel; return (visits, BLOCK_M, BLOCK_N), visits [B*Hq, query blocks, 2] holding each
+    program's (key tiles loaded, of them masked), as the kernel counted them.
 
     A diagnostic for tests and benchmarks: it shows that structure skips key tiles.
     """
@@ -417,6 +493,6 @@ def attention_key_tile_visits(*operands: torch.Tensor, attrs: AttentionAttrs) ->
         raise NotImplementedError("visit counts need one kernel config (TRITON_INTERPRET=1)")
     cfg = CONFIGS[0].kwargs
     n_blocks = math.ceil(q.shape[2] / cfg["BLOCK_M"])
-    visits = torch.full((q.shape[0] * q.shape[1], n_blocks), -1, dtype=torch.int32, device=q.device)
+    visits = torch.full((q.shape[0] * q.shape[1], n_blocks, 2), -1, dtype=torch.int32, device=q.device)
     _launch(q, k, v, mask, cos, sin, attrs, visits=visits)
-    return visits, cfg["BLOCK_N"]
+    return visits, cfg["BLOCK_M"], cfg["BLOCK_N"]

@@ -19,7 +19,7 @@ import torch
 
 from t2c.ir.opdefs.attention import AttentionAttrs, attention_operands, attention_reference, structural_mask
 from t2c.ir.opdefs.rope import rope_reference
-from t2c.kernels.attention import GPU_CONFIGS, attention, attention_key_tile_visits, key_tiles_visited, prune_gpu_configs
+from t2c.kernels.attention import GPU_CONFIGS, attention, attention_key_tile_visits, key_tiles, prune_gpu_configs
 
 FP32, FP16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -225,35 +225,67 @@ def test_unsupported_inputs_raise_not_implemented():
 
 
 @pytest.mark.parametrize("a", [
-    _attrs(causal=True, window=(20, -1)),
-    _attrs(window=(10, 10)),
+    _attrs(causal=True),
+    _attrs(causal=True, window=(40, -1)),
+    _attrs(window=(24, 24)),
     _attrs(block=16),
-    _attrs(global_tokens=5, causal=True, window=(12, -1)),
+    _attrs(global_tokens=5, causal=True, window=(40, -1)),
 ])
 def test_key_tiles_are_skipped(a):
-    """The kernel loads only the key tiles the structure allows: its own count equals key_tiles_visited, and is O(W + G)."""
+    """The kernel loads only the key tiles the structure allows and masks only the cut ones: its own
+    counts equal key_tiles', which are O(W + G) per query block."""
     s = 200
     ops = _operands(a, b=1, hq=1, s=s, d=16)
-    visits, block_n = attention_key_tile_visits(*ops, attrs=a)
-    block_m = -(-s // visits.shape[1])
-    expected = [key_tiles_visited(m * block_m, (m + 1) * block_m, s, s, a, block_n) for m in range(visits.shape[1])]
-    assert visits[0].tolist() == expected
-    # rows that are not global see at most W + block_m keys around the block, plus the G global keys
+    visits, block_m, block_n = attention_key_tile_visits(*ops, attrs=a)
+    plans = [key_tiles(m * block_m, (m + 1) * block_m, s, s, a, block_n) for m in range(visits.shape[1])]
+    assert visits[0].tolist() == [[p.tiles, p.masked_tiles] for p in plans]
     left, right = a.window
-    reach = a.block if a.block else (max(left, 0) + max(right, 0) + block_m)
-    bound = -(-reach // block_n) + 1 + -(-a.global_tokens // block_n)
-    global_blocks = -(-a.global_tokens // block_m)
-    assert max(expected[global_blocks:]) <= bound < -(-s // block_n)
+    if left >= 0 or a.block:  # rows that are not global see W + block_m keys around the block, plus the G global keys
+        reach = a.block if a.block else (max(left, 0) + max(right, 0) + block_m)
+        bound = -(-reach // block_n) + 1 + -(-a.global_tokens // block_n)
+        global_blocks = -(-a.global_tokens // block_m)
+        assert max(p.tiles for p in plans[global_blocks:]) <= bound < -(-s // block_n)
+    # the element mask only where the structure cuts a tile: the band's two edges and the global keys
+    assert max(p.masked_tiles for p in plans) <= 2 * -(-block_m // block_n) + 2 + -(-a.global_tokens // block_n)
+    assert sum(p.tiles - p.masked_tiles for p in plans) > 0
     _check(ops, a)
 
 
-def test_key_tile_range_is_linear_in_length():
+@pytest.mark.parametrize("seed", range(4))
+def test_key_tiles_cover_every_visible_key_and_full_tiles_are_full(seed):
+    """For random structures and query blocks, against the reference's structural mask: keys outside the
+    visited tiles are invisible to the whole block, and the unmasked tiles are visible to all of it."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(*xs):
+        return xs[int(torch.randint(len(xs), (1,), generator=g))]
+
+    for _ in range(40):
+        sq, sk = pick(37, 64, 80), pick(37, 64, 80)
+        a = _attrs(causal=pick(False, True), window=(pick(-1, 0, 3, 17), pick(-1, 0, 5, 30)), block=pick(0, 0, 8, 12),
+                   global_tokens=pick(0, 0, 3, 20))
+        bm, bn = pick(16, 32), pick(16, 32)
+        vis = structural_mask(sq, sk, a)
+        for m0 in range(0, sq, bm):
+            p = key_tiles(m0, m0 + bm, sq, sk, a, bn)
+            rows = vis[m0:m0 + bm]
+            visited = torch.zeros(sk, dtype=torch.bool)
+            visited[: p.global_stop] = True
+            visited[max(p.lo, 0): max(p.hi, 0)] = True
+            assert not (rows.any(0) & ~visited).any(), (a, m0, p)
+            assert p.full_lo <= p.full_hi and (p.full_lo - p.lo) % bn == 0 and (p.full_hi - p.full_lo) % bn == 0
+            assert p.full_lo == p.full_hi or p.lo <= p.full_lo < p.full_hi <= p.hi, (a, m0, p)
+            assert rows[:, p.full_lo: p.full_hi].all(), (a, m0, p)
+
+
+def test_key_tiles_are_linear_in_length():
     """Over a million tokens a 512-wide causal window visits the same handful of tiles per query block."""
     a = _attrs(causal=True, window=(511, -1), global_tokens=4)
     s, bm, bn = 1 << 20, 128, 64
-    counts = {key_tiles_visited(m, m + bm, s, s, a, bn) for m in range(bm, s, 997 * bm)}
-    assert max(counts) <= 512 // bn + 2 + 1
-    assert key_tiles_visited(0, bm, s, s, a, bn) == bm // bn  # the global rows: every key up to themselves
+    plans = [key_tiles(m, m + bm, s, s, a, bn) for m in range(bm, s, 997 * bm)]
+    assert max(p.tiles for p in plans) <= (511 + bm + bn) // bn + 1
+    assert max(p.masked_tiles for p in plans) <= 2 * bm // bn + 1 + 1
+    assert key_tiles(0, bm, s, s, a, bn).tiles == bm // bn  # the global rows: every key up to themselves
 
 
 def test_gpu_autotune_keeps_the_small_tile_only_where_big_ones_may_not_fit():
