@@ -95,7 +95,7 @@ def run_case(s: int, d: int, name: str, attrs_kw: dict, window: int | None, smok
     import torch.nn.functional as F
 
     from t2c.ir.opdefs.attention import AttentionAttrs, attention_reference
-    from t2c.kernels.attention import attention
+    from t2c.kernels.attention import _attention_fwd, attention
 
     batch, heads = (1, 2) if smoke else (max(1, 16384 // s), 2048 // d)
     g = torch.Generator(device=device).manual_seed(0)
@@ -113,6 +113,9 @@ def run_case(s: int, d: int, name: str, attrs_kw: dict, window: int | None, smok
             row[label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
 
     record("t2c", lambda: (lambda: attention(q, k, v, attrs=attrs)))
+    best = getattr(_attention_fwd, "best_config", None)  # the autotuner's pick for this case
+    if best is not None and "t2c" in row and "ms" in row["t2c"]:
+        row["t2c"]["config"] = str(best)
     if window is None:
         def sdpa():
             if smoke:  # the CPU has no flash backend: the default choice
