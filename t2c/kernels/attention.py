@@ -32,6 +32,11 @@ dots use IEEE precision (no TF32). Head dims up to 256 (D and Dv padded to the
 next power of two, at least 16, with masked loads). Anything else (float64,
 mixed q/k/v dtypes, head dims over 256, batch x query heads over 65535) raises
 NotImplementedError naming it, so a caller can fall back to the reference.
+
+Runs on CUDA tensors (autotuned over GPU_CONFIGS), or on CPU tensors under
+TRITON_INTERPRET=1 with one 16x16 tile config; the interpreter cannot multiply
+bf16, so there bf16 dot operands go to fp32 first (exact, as the tensor cores'
+fp32 accumulation of bf16 products is).
 """
 
 from __future__ import annotations
