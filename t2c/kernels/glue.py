@@ -303,7 +303,7 @@ def _body(group: GlueGroup, label: Callable[[Node], str], indent: str, load: Cal
 
 
 def _load_expr(i: int, v: Value, offset: str, mask: str) -> str:
-    text = f"tl.load(x{i} + {offset}, mask={mask}, other=0)"
+    text = f"tl.load(x{i} + {offset}, mask={mask}, other=1)"  # 1: masked lanes compute no 0/0 or log(0)
     return f"{text}.to(tl.float32)" if v.type.dtype in FLOATS else text
 
 

@@ -219,7 +219,8 @@ def _module_text(graph, counts, imports, kernel_modules, attrs_lines, kernels, i
     gen = counts["generated"]
     summary = (f"{counts['nodes']} IR nodes: {counts['handwritten']['nodes']} on hand-written kernels, "
                f"{gen['nodes']} in {gen['kernels']} generated kernels ({gen['row_kernels']} with a row reduction), "
-               f"{counts['torch']['nodes']} torch, {counts['generic']['nodes']} on the generic path.")
+               f"{counts['torch']['nodes']} torch, {counts['generic']['nodes']} on the generic path, "
+               f"{counts['folded_constants']} scalar constants as kernel literals.")
     head = [
         f'"""{graph.name}, compiled by t2c --target triton.',
         "",
