@@ -30,7 +30,7 @@ edges and the global keys apply it).
 Dtypes: fp32, fp16 and bf16 inputs (all three alike), fp32 accumulation; fp32
 dots use IEEE precision (no TF32). Head dims up to 256 (D and Dv padded to the
 next power of two, at least 16, with masked loads). Anything else (float64,
-mixed q/k/v dtypes, head dims over 256, batch x query heads over 65535) raises
+mixed q/k/v dtypes, head dims over 256) raises
 NotImplementedError naming it, so a caller can fall back to the reference.
 
 Runs on CUDA tensors (autotuned over GPU_CONFIGS), or on CPU tensors under
@@ -294,8 +294,11 @@ def _attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, qcos_ptr, qsin_ptr, kco
                    ROPE: tl.constexpr, ROTARY_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    UPCAST: tl.constexpr, COUNT_VISITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, query head) against the key tiles its structure allows."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    # one grid axis (the second is limited to 65535); query blocks of one head are neighbours,
+    # so the programs running together share that head's K and V in L2
+    n_m = tl.cdiv(Sq, BLOCK_M)
+    pid_m = tl.program_id(0) % n_m
+    pid_bh = tl.program_id(0) // n_m
     b = pid_bh // H_Q
     h = pid_bh % H_Q
     h_kv = h // GROUP  # grouped-query attention: index the shared KV head, never repeat K/V
@@ -401,7 +404,7 @@ def _attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, qcos_ptr, qsin_ptr, kco
     tl.store(o_base + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od, out.to(o_ptr.dtype.element_ty),
              mask=m_ok[:, None] & (offs_dv[None, :] < HEAD_DV))
     if COUNT_VISITS:  # (tiles loaded, tiles masked) per program
-        slot = visits_ptr + (pid_bh * tl.num_programs(0) + pid_m) * 2
+        slot = visits_ptr + tl.program_id(0) * 2
         tl.store(slot, n_global + n_left + n_full + n_right)
         tl.store(slot + 1, n_global + n_left + n_right)
 
@@ -421,8 +424,6 @@ def _unsupported(q, k, v, cos) -> str | None:
         return f"head dims {q.shape[-1]}/{v.shape[-1]} over {MAX_HEAD_DIM}"
     if cos is not None and cos.dtype != q.dtype:
         return f"rope cache dtype {cos.dtype} differs from q's {q.dtype}"
-    if q.shape[0] * q.shape[1] > 65535:  # the grid's second axis
-        return f"batch x query heads = {q.shape[0] * q.shape[1]} over 65535"
     if not q.is_cuda and not INTERPRETING:
         return "CPU tensors outside TRITON_INTERPRET=1"
     return None
@@ -459,7 +460,7 @@ def _launch(q, k, v, mask, cos, sin, a: AttentionAttrs, visits: torch.Tensor | N
     left, right = a.window
 
     def grid(meta):
-        return (triton.cdiv(sq, meta["BLOCK_M"]), bsz * hq)
+        return (triton.cdiv(sq, meta["BLOCK_M"]) * bsz * hq,)
 
     _attention_fwd[grid](
         q, k, v, out, mask4, qcos, qsin, kcos, ksin, visits,
