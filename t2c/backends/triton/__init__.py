@@ -74,7 +74,7 @@ class TritonBackend(Backend):
         return load_runner(folder, self.artifact, WEIGHTS)
 
     def describe(self, options: TritonOptions) -> str:
-        return "cuda" if not os.environ.get("TRITON_INTERPRET") == "1" else "interpreter (TRITON_INTERPRET=1)"
+        return "Triton's CPU interpreter, TRITON_INTERPRET=1" if os.environ.get("TRITON_INTERPRET") == "1" else "CUDA GPU"
 
 
 __all__ = ["lower", "save", "load_runner", "require_device", "ModelSource", "TritonBackend", "TritonRunner", "NO_DEVICE"]
