@@ -66,7 +66,7 @@ def test_model_py_is_readable_and_counts_its_paths(compiled):
     assert counts["generated"]["row_kernels"] == 1 and counts["generated"]["ops"]["softmax"] == 1
     assert counts["torch"]["ops"]["linear"] == 4 and counts["generic"]["nodes"] == 0
     paths = sum(counts[p]["nodes"] for p in ("handwritten", "generated", "torch", "generic"))
-    assert paths + counts["folded_constants"] == counts["nodes"]  # scalar constants are literals in the kernels
+    assert counts["unused"] == 0 and paths + counts["folded_constants"] == counts["nodes"]  # scalar constants are kernel literals
     assert text.count("@triton.jit") >= counts["generated"]["kernels"]
     assert "_attention.attention(" in text and "attrs=A" in text
     assert "# %" in text and "= attention(" in text  # statements under their IR lines

@@ -135,6 +135,7 @@ def generate(graph: Graph) -> ModelSource:
     counts["generated"]["kernels"] = len(plan.groups)
     counts["generated"]["row_kernels"] = sum(1 for g in plan.groups if g.tail is not None)
     counts["folded_constants"] = len(plan.folded)
+    counts["unused"] = len(plan.unused)  # glue whose results nothing reads: not launched
 
     kernel_modules: dict[str, str] = {}
     attrs_lines: list[str] = []
@@ -142,7 +143,7 @@ def generate(graph: Graph) -> ModelSource:
     glue_name = {id(g): f"glue{i}" for i, g in enumerate(plan.groups)}
     statements: list[tuple[list[str], list[Value], list[Value]]] = []  # (lines, reads, writes)
     for node in graph.nodes:
-        if id(node) in plan.folded:
+        if id(node) in plan.folded or id(node) in plan.unused:
             continue
         group = plan.member.get(id(node))
         if group is not None:

@@ -37,11 +37,13 @@ class _Open:
 
 @dataclass
 class FusionPlan:
-    """Groups in launch order; `member` maps id(node) -> its group; `folded` the constants not emitted."""
+    """Groups in launch order; `member` maps id(node) -> its group; `folded` the constants not emitted;
+    `unused` the nodes of groups whose results nothing reads (dce's to remove; never launched)."""
 
     groups: list[GlueGroup] = field(default_factory=list)
     member: dict[int, GlueGroup] = field(default_factory=dict)
     folded: set[int] = field(default_factory=set)  # id(node) of 0-d fulls that only kernels read
+    unused: set[int] = field(default_factory=set)
 
 
 def _same_shape(a: tuple, b: tuple) -> bool:
@@ -128,6 +130,9 @@ def plan_fusion(graph: Graph) -> FusionPlan:
             out = n.outputs[0]
             if id(out) in outputs or any(id(u) not in inside for u in out.users):
                 group.outputs.append(out)
+        if not group.outputs:
+            plan.unused.update(id(n) for n in group.nodes)
+            continue
         plan.groups.append(group)
         for n in group.nodes:
             plan.member[id(n)] = group
