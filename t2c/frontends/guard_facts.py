@@ -1,30 +1,35 @@
-"""Sizes torch.export's guards pin to the example's, and the bound under which such a trace holds.
+"""What torch.export's guards say about the dynamic dims, beyond what its shapes say.
 
-A Python loop over a size computed from a dynamic dim (`for i in range(padded_len // chunk)`, the
-chunked delta rule of Gated DeltaNet layers) unrolls as many times as the example has chunks:
-the trace holds a guard `(seq + pad) // 64 == 1` and its later shapes say 1 where the earlier
-ones say `(seq + pad) // 64`. Such a program is valid only where the guard holds.
+A trace holds guards on the sizes it saw (`Eq((seq + pad) // 64, 1)`, `Eq(Mod(seq, 4), 0)`,
+`Eq(mask_len // 4, seq // 4)`), and torch's later shapes lean on them while the IR, which only
+sees the shapes, cannot. Each fact read here is a consequence of the guards, stated in the IR:
 
-Two ways out, in order:
-1. `pin_breaking_sizes`: the examples are grown past the pin and exported again (`_unpinned` in
-   torch_export); a Mamba-2 scan whose chunk count follows the data then traces generally.
-2. `pinned_bounds`: a pin that no longer example breaks is taken as what it is, a bound. If the
-   guard holds for every size from 1 up to some m (the example included), the graph gets the
-   constraint `seq <= m`, checked at run time, and `on_pinned_range` rewrites each size torch
-   computes from `seq` to the simplest form it has on [1, m] (a constant or `a*seq + b`,
-   checked at every point), so that `seq + (64 - seq % 64) % 64` is 64 there as torch's later
-   shapes say.
+* pins (`pin_breaking_sizes`, `pinned_bounds`, `on_pinned_range`): a Python loop over a size
+  computed from a dynamic dim (`for i in range(padded_len // chunk)`, the chunked delta rule of Gated
+  DeltaNet layers) unrolls as many times as the example has chunks; the trace guards
+  `(seq + pad) // 64 == 1` and its later shapes say 1. First the examples are grown past the pin and
+  exported again (`_unpinned` in torch_export): a Mamba-2 scan whose chunk count follows the data then
+  traces generally. A pin no longer example breaks is a bound: if the guard holds for every size from
+  1 up to m, the graph gets the constraint `seq <= m` (checked at run time) and each size torch
+  computes from `seq` takes its simplest form on [1, m] (a constant or `a*seq + b`, checked at every
+  point), so `seq + (64 - seq % 64) % 64` is 64 there, as torch's later shapes say;
+* divisors (`guard_divisors`): a dim the guards only allow at multiples of W is read as W * root
+  (constraint `seq % W == 0`), as a derived Dim is;
+* equal dims (`equal_dims`): two inputs' lengths a guard makes equal (`mask_len // 4 == seq // 4`
+  with both multiples of 4) are one.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import sympy
 import torch
 
 from ..ir.core import Dim, SymDim, dim_from_sympy, eval_dim
 
+DIVISOR_PROBES = 128  # sizes at which guard_divisors evaluates the guards that divide
 MAX_PINNED_BOUND = 1 << 14  # a pin holding further than this is not a loop's chunk count: leave it
 
 
@@ -105,6 +110,69 @@ def pin_breaking_sizes(ep, examples: dict[str, torch.Tensor], dynamic_dims: dict
         if v is not None:
             found[label] = min(found.get(label, v), v)
     return found
+
+
+def guard_divisors(ep) -> dict[sympy.Symbol, int]:
+    """{s: W} for each dynamic dim s that torch's guards only allow at multiples of W > 1.
+
+    Reformer views `seq` tokens as `seq // 4` chunks of `seq // (seq // 4)` and multiplies them back:
+    that is `seq` only because torch also holds `seq % 4 == 0`, spelt as such or as
+    `seq == (seq // 4) * (seq // (seq // 4))`. The guards of one dim that divide (Mod, //) are
+    evaluated at 2..DIVISOR_PROBES (torch's own lower bound is 2); W is the gcd of the sizes that
+    pass them all, a consequence of the guards. With s written `W * root`, torch's expressions then
+    simplify as torch simplified them (`(4*r // 4) * (4*r // r)` is `4*r`).
+    """
+    env = shape_env(ep)
+    replaced = {k: v for k, v in (getattr(env, "replacements", None) or {}).items() if v.is_Integer}  # a static batch of 2
+    by_symbol: dict[sympy.Symbol, list[sympy.Expr]] = {}
+    for guard in getattr(env, "guards", None) or []:
+        g = guard.expr.xreplace(replaced)
+        names = {type(e).__name__ for e in sympy.preorder_traversal(g)}
+        if len(g.free_symbols) == 1 and names & {"Mod", "PythonMod", "FloorDiv"}:
+            by_symbol.setdefault(next(iter(g.free_symbols)), []).append(g)
+    out: dict[sympy.Symbol, int] = {}
+    for s, guards in by_symbol.items():
+        if not isinstance(s, sympy.Symbol):
+            continue
+        allowed = [v for v in range(2, DIVISOR_PROBES + 1) if all(_true_at(g, s, v) for g in guards)]
+        w = functools.reduce(math.gcd, allowed, 0)
+        if w > 1:
+            out[s] = w
+    return out
+
+
+def _true_at(g: sympy.Expr, s: sympy.Symbol, v: int) -> bool:
+    try:
+        return bool(g.xreplace({s: sympy.Integer(v)}))
+    except Exception:  # noqa: BLE001 - a guard that does not evaluate there: no evidence against v
+        return True
+
+
+def equal_dims(ep, divisors: dict[sympy.Symbol, int]) -> dict[sympy.Symbol, sympy.Symbol]:
+    """{y: x} for two dynamic dims a guard makes equal without torch merging them.
+
+    Reformer's mask and ids are separate inputs; torch holds `mask_len // 4 == ids_len // 4` and
+    both `% 4 == 0`, so they are one length, and its shapes mix the two. A guard `f(x) == f(y)`
+    (one function, strictly increasing on the sizes the divisors allow) says x == y.
+    """
+    env = shape_env(ep)
+    out: dict[sympy.Symbol, sympy.Symbol] = {}
+    for guard in getattr(env, "guards", None) or []:
+        g = guard.expr
+        if not isinstance(g, sympy.Eq) or any(len(side.free_symbols) != 1 for side in g.args):
+            continue
+        (x,), (y,) = (side.free_symbols for side in g.args)
+        if x == y or y in out or not (isinstance(x, sympy.Symbol) and isinstance(y, sympy.Symbol)):
+            continue
+        w = max(divisors.get(x, 1), divisors.get(y, 1))
+        try:
+            fx = [int(g.args[0].xreplace({x: sympy.Integer(w * k)})) for k in range(1, 33)]
+            fy = [int(g.args[1].xreplace({y: sympy.Integer(w * k)})) for k in range(1, 33)]
+        except Exception:  # noqa: BLE001 - a side that does not evaluate: no conclusion
+            continue
+        if fx == fy and all(a < b for a, b in zip(fx, fx[1:])):
+            out[y] = out.get(x, x)
+    return out
 
 
 def pins_hold_from_one(ep) -> bool:

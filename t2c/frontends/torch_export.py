@@ -35,7 +35,7 @@ from ..ir.core import Dim, DType, Graph, SymDim, TensorType, Value, dim_from_sym
 from ..ir.verifier import types_match
 from . import hf
 from .loaders import LoadedModel, default_dynamic_dims
-from .pinned_sizes import on_pinned_range, pin_breaking_sizes, pinned_bounds, pins_hold_from_one, shape_env
+from .guard_facts import equal_dims, guard_divisors, on_pinned_range, pin_breaking_sizes, pinned_bounds, pins_hold_from_one, shape_env
 from .aten_table import CONVERSIONS, IDENTITY_OPS, SCALAR_OPS, SKIPPED_OPS, SYMBOLIC_OPS
 from . import aten_data_dependent  # noqa: F401,E402  (registers its conversions in the same table)
 
@@ -156,7 +156,7 @@ def _unpinned(ep, wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], d
     say one chunk (cumsum's says 1, the views' `(seq + pad) // chunk`), a program only valid for
     seq <= chunk while its range says [2, oo]. A guard `size == N` that a longer value of one
     dynamic dim breaks is such a pin: the examples are tiled to the shortest such value and
-    exported again, once. If that one fails or pins too, the pin is a bound (pinned_sizes.py):
+    exported again, once. If that one fails or pins too, the pin is a bound (guard_facts.py):
     the program kept is one whose pins hold from one token up.
     """
     longer = pin_breaking_sizes(ep, examples, dynamic_dims)
@@ -166,7 +166,7 @@ def _unpinned(ep, wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], d
     if again is not None and not pin_breaking_sizes(again[0], again[1], dynamic_dims):
         return again[0]
     # The pin stays (a Python loop over chunks unrolls once per chunk of the example): the program
-    # is kept with the bound its guards imply (pinned_sizes.pinned_bounds), which must start at one
+    # is kept with the bound its guards imply (guard_facts.pinned_bounds), which must start at one
     # token; an example of several chunks is traced again at two tokens, one chunk.
     if pins_hold_from_one(ep):
         return ep
@@ -342,6 +342,7 @@ class Converter:
         unnamed = [s for s in expr.free_symbols if _is_unbacked(s) and s not in self.symbols]
         if unnamed:
             raise self.unsupported(f"a size known only at run time ({unnamed[0]}) that no op t2c converts computes")
+        expr = expr.xreplace(self.memo.get("divisible", {}))
         d = dim_from_sympy(self._decide_min_max(_plain_sympy(expr)).xreplace(self.symbols))
         return on_pinned_range(d, self.memo.get("pinned", {}))
 
@@ -616,7 +617,21 @@ def convert(ep: torch.export.ExportedProgram, output_names: list[str], *, name: 
                 if w > 1:
                     graph.constraints[label] = w
     conv.memo["split_remainders"] = split_remainders(ep)
-    # A size torch's guards pin (one chunk of a Python chunk loop) bounds its dim (pinned_sizes.py).
+    # Two dims a guard makes equal are one (guard_facts.equal_dims); a dim torch's guards hold
+    # divisible (`seq % 4 == 0`) is read as 4 * root, as a derived Dim is.
+    divisors = guard_divisors(ep)
+    for y, x in equal_dims(ep, divisors).items():
+        if x in conv.symbols and y in conv.symbols:
+            conv.symbols[y] = conv.symbols[x]
+    conv.memo["divisible"] = {}
+    for s, w in divisors.items():
+        named = conv.symbols.get(s)
+        if isinstance(named, sympy.Symbol):
+            root = sympy.Symbol(f"_{named.name}_root", integer=True, positive=True)
+            conv.memo["divisible"][s] = w * root
+            conv.symbols[root] = named / w
+            graph.constraints[named.name] = w
+    # A size torch's guards pin (one chunk of a Python chunk loop) bounds its dim (guard_facts.py).
     conv.memo["pinned"] = pinned_bounds(ep, conv.symbols)
     for label, m in conv.memo["pinned"].items():
         graph.bounds[label] = min(graph.bounds.get(label, m), m)

@@ -116,10 +116,43 @@ def test_python_chunk_loop_is_bounded_to_the_chunks_it_unrolled(traced):
 
 
 def test_simplest_form_on_a_pinned_range():
-    from t2c.frontends.pinned_sizes import on_pinned_range
+    from t2c.frontends.guard_facts import on_pinned_range
 
     padded = dim("seq+Mod(15*seq,16)")
     assert on_pinned_range(padded, {"seq": 16}) == 16
     assert str(on_pinned_range(dim("Mod(15*seq,16)"), {"seq": 16})) == "16-seq"  # the padding
     assert on_pinned_range(padded, {"seq": 17}) == padded  # 32 at 17: not one form on [1, 17]
     assert on_pinned_range(padded, {}) == padded  # no bound: unchanged
+
+
+class MaskedChunks(nn.Module):
+    """Reformer's local attention layout: a length check, seq tokens viewed as seq // 4 chunks of
+    seq // (seq // 4), a mask input chunked the same way."""
+
+    def forward(self, x, mask):  # x [batch, seq, 8], mask [batch, seq]
+        seq = x.shape[1]
+        if seq % 4 != 0:
+            raise ValueError(f"sequence length {seq} must be a multiple of the chunk length 4")
+        chunks = x.reshape(x.shape[0], seq // 4, seq // (seq // 4), 8)
+        m = mask.reshape(mask.shape[0], mask.shape[1] // 4, 4, 1)
+        return (chunks * m).reshape(x.shape[0], -1, 8) + x
+
+
+def test_divisible_and_equal_lengths_read_off_the_guards():
+    """A program exported with Dim.AUTO (as t2c does when named dims are refused, or a user's `.pt2`):
+    torch holds `seq % 4 == 0` and `mask_len // 4 == seq // 4` without merging the two lengths. t2c
+    reads seq as 4 * root (the chunk product is seq again) and the two lengths as one."""
+    from t2c.frontends.torch_export import trace_exported
+
+    m = MaskedChunks().eval()
+    auto = torch.export.Dim.AUTO
+    ep = torch.export.export(m, (torch.randn(2, 8, 8), torch.ones(2, 8)), dynamic_shapes=({0: auto, 1: auto}, {0: auto, 1: auto}), strict=False)
+    g = trace_exported(ep)
+    verify(g)
+    (length,) = g.constraints
+    assert g.constraint_lines() == [f"{length} % 4 == 0"]
+    assert g.inputs[0].type.shape[1] == g.inputs[1].type.shape[1]
+    for seq in (4, 12, 32):
+        x, mask = torch.randn(3, seq, 8), (torch.rand(3, seq) > 0.3).float()
+        (got,) = run_graph(g, dict(zip([v.name for v in g.inputs], (x, mask)))).values()
+        torch.testing.assert_close(got, m(x, mask))
