@@ -79,19 +79,11 @@ class Expected:
 
 
 aten = torch.ops.aten
-# Chunked linear-attention / delta-rule scans that loop `for i in range(num_chunks)` in Python:
-# torch.export pins the chunk count to the example's, so the traced shapes hold for one length only.
-_CHUNKS = "frontend bug: aten::cumsum converted to"
 KNOWN_FAILURES: dict[str, Expected] = {
     "deepseek_v2": Expected(
         "unsupported op aten::polar", "rotary embedding in complex numbers (torch.polar, complex multiply); the IR has no complex dtype",
         aten.polar.default),
-    "bailing_hybrid": Expected(_CHUNKS, "its linear-attention layers loop over chunks in Python: torch.export pins the chunk count at every length (not MoE)"),
     "inkling2": Expected("0 experts ops for 2 experts modules", "its experts module is not captured as an experts op (the capture's probe does not confirm it); it compiles as plain ops"),
-    "kimi_linear": Expected(_CHUNKS, "Kimi delta attention layers: the chunked delta rule loops over chunks in Python, torch.export pins the chunk count (not MoE)"),
-    "qwen3_5_moe": Expected(_CHUNKS, "Gated DeltaNet layers: the chunked delta rule loops over chunks in Python, torch.export pins the chunk count (not MoE)"),
-    "qwen3_next": Expected(_CHUNKS, "Gated DeltaNet layers: the chunked delta rule loops over chunks in Python, torch.export pins the chunk count (not MoE)"),
-    "qwen4_exp": Expected(_CHUNKS, "Gated DeltaNet layers: the chunked delta rule loops over chunks in Python, torch.export pins the chunk count (not MoE)"),
 }
 
 
