@@ -79,6 +79,20 @@ def rows_graph(dt: DType) -> Graph:
     return b.g
 
 
+def epilogue_graph(dt: DType) -> Graph:
+    """Unfused norms and softmaxes: what follows a reduction joins its kernel (the row's result broadcast back)."""
+    b = Builder("epilogue")
+    x = b.input("x", dt, "batch", 3, 37)
+    w = b.input("w", dt, 37)
+    keep = b.input("keep", DType.BOOL, "batch", 1, 37)
+    ms = b.op("mean", b.op("pow", x, b.const(2.0, dt)), dims=(-1,), keepdim=True)
+    b.g.set_output("rms_norm", b.op("mul", b.op("mul", x, b.op("rsqrt", b.op("add", ms, b.const(1e-6, dt)))), w))
+    e = b.op("exp", b.op("sub", x, b.op("amax", x, dims=(-1,), keepdim=True)))
+    b.g.set_output("manual_softmax", b.op("div", e, b.op("sum", e, dims=(-1,), keepdim=True)))
+    b.g.set_output("masked_probs", b.op("where", keep, b.op("softmax", b.op("mul", x, w), dim=-1), b.const(0.0, dt)))
+    return b.g
+
+
 def mixed_graph(dt: DType) -> Graph:
     """Integer and bool inputs inside a float chain: compare, cast, where, logical ops."""
     b = Builder("mixed")
@@ -100,6 +114,8 @@ def _inputs(graph: Graph, batch: int, dt: DType) -> dict[str, torch.Tensor]:
         shape = [batch if isinstance(d, SymDim) else d for d in v.type.shape]
         if v.type.dtype == DType.I64:
             out[v.name] = torch.randint(0, 4, shape, generator=gen)
+        elif v.type.dtype == DType.BOOL:
+            out[v.name] = torch.randint(0, 2, shape, generator=gen).bool()
         else:
             out[v.name] = (torch.randn(shape, generator=gen) * 2).to(dt.torch)
     return out
@@ -149,19 +165,29 @@ def test_row_reductions(dt, tmp_path):
     assert_2x_pytorch(rows_graph, dt, tmp_path, batch=3)
 
 
+@pytest.mark.parametrize("dt", DTYPES, ids=str)
+def test_reductions_with_epilogues(dt, tmp_path):
+    assert_2x_pytorch(epilogue_graph, dt, tmp_path)
+
+
 @pytest.mark.parametrize("dt", [DType.F32, DType.BF16], ids=str)
 def test_integer_and_bool_operands(dt, tmp_path):
     assert_2x_pytorch(mixed_graph, dt, tmp_path)
 
 
 def test_one_kernel_per_chain():
-    """The chain is one kernel (its permute stays torch); each reduction ends a kernel; constants are literals."""
+    """The chain is one kernel (its permute stays torch); a reduction joins its input's kernel, and
+    what follows it the reduction's; constants are literals."""
     counts = lower(chain_graph(DType.F32)).counts
     assert counts["generated"]["kernels"] == 1 and counts["torch"]["ops"] == {"permute": 1}
     assert counts["folded_constants"] == 5  # 0.5, 2.0, 1.0, 1.0 and 0.0 as literals
     rows = lower(rows_graph(DType.F32)).counts
     assert rows["generated"]["kernels"] == 6 and rows["generated"]["row_kernels"] == 6
     assert rows["torch"]["nodes"] == rows["generic"]["nodes"] == 0
+    # rms: pow, mean | add, rsqrt | mul, mul in one; softmax by hand in two (amax, sub, exp | sum, div); softmax then where in one
+    plan = plan_fusion(epilogue_graph(DType.F32))
+    assert [[n.op for n in g.nodes] for g in plan.groups] == [
+        ["pow", "mean", "add", "rsqrt", "mul", "mul"], ["amax", "sub", "exp"], ["sum", "div"], ["mul", "softmax", "where"]]
 
 
 def _graph_with_a_matmul_between():

@@ -5,10 +5,12 @@ One pass over the nodes in order, greedy and maximal:
   group has the same shape (open groups of its other inputs with that shape merge into it),
   else an open group of that shape that reads one of the same values (siblings: cos and sin of
   one angle), or starts a new group;
-- a row reduction over the last dim (softmax, sum, ...) ends the open group that produces its
-  input (the group becomes a row kernel), or is a row kernel by itself;
+- a row reduction over the last dim (softmax, sum, ...) joins the open group without a reduction
+  that produces its input (the group becomes a row kernel), or is a row kernel by itself; later
+  elementwise nodes of the row's shape or of the reduced one (one value per row) may join it
+  (glue.allows_epilogue: the result broadcasts back over the row), never a second reduction;
 - a group closes ("sealed") as soon as a node outside it reads one of its values, or when a
-  reduction ends it. A closed group takes no more members, so each group can be launched where
+  reduction that takes no epilogue joins it. A closed group takes no more members, so each group can be launched where
   its last member was and every value it reads exists by then: the grouping cannot make a cycle.
 0-d `full` constants read only by grouped nodes become literals in the kernel and are not emitted.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...ir.core import Graph, Node, dims_equal
-from ...kernels.glue import GlueGroup, constant_literal, elementwise_fusible, row_reduction
+from ...kernels.glue import GlueGroup, allows_epilogue, constant_literal, elementwise_fusible, row_reduction
 
 
 @dataclass
@@ -77,7 +79,8 @@ def plan_fusion(graph: Graph) -> FusionPlan:
                 g = owner.get(id(v))
                 if g is not None:
                     g = g.root()
-                    if not g.sealed and g.group.tail is None and _same_shape(g.shape, shape) and g not in candidates:
+                    if not g.sealed and g not in candidates and (_same_shape(g.shape, shape) or (
+                            g.group.tail is not None and _same_shape(g.group.tail.outputs[0].type.shape, shape))):
                         candidates.append(g)
             if not candidates:  # a sibling: an open group that reads one of the same values (cos and sin of one angle)
                 for v in tensors:
@@ -88,8 +91,9 @@ def plan_fusion(graph: Graph) -> FusionPlan:
             if candidates:
                 target = candidates[0]
                 for other in candidates[1:]:  # both open: nothing outside reads either, merging is safe
-                    target.group.nodes += other.group.nodes
-                    other.merged_into = target
+                    if target.group.tail is None and other.group.tail is None:
+                        target.group.nodes += other.group.nodes
+                        other.merged_into = target
                 target.group.nodes.append(node)
                 target.group.nodes.sort(key=lambda n: order[id(n)])
             else:
@@ -109,7 +113,7 @@ def plan_fusion(graph: Graph) -> FusionPlan:
                 seal_producers(node, None)
                 target = _Open(GlueGroup([node]), node.inputs[0].type.shape)
                 opened.append(target)
-            target.sealed = True
+            target.sealed = not allows_epilogue(node)
             owner[id(node.outputs[0])] = target
         else:
             seal_producers(node, None)
