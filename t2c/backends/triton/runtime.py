@@ -75,7 +75,8 @@ class TritonRunner:
         if missing or len(inputs) != len(names):
             raise UserError(f"the Triton module takes inputs {names}, got {sorted(inputs)}")
         home = next(iter(inputs.values())).device if inputs else torch.device("cpu")
-        with torch.no_grad():
+        # the default device too: references that create tensors (arange, full) make them where the kernels run
+        with torch.no_grad(), torch.device(self.device):
             out = self.module.forward(self.params, *(inputs[n].to(self.device) for n in names))
         return {k: v.to(home) for k, v in out.items()}
 
