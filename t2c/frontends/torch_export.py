@@ -38,6 +38,7 @@ from .loaders import LoadedModel, default_dynamic_dims
 from .guard_facts import equal_dims, guard_divisors, on_pinned_range, pin_breaking_sizes, pinned_bounds, pins_hold_from_one, shape_env
 from .aten_table import CONVERSIONS, IDENTITY_OPS, SCALAR_OPS, SKIPPED_OPS, SYMBOLIC_OPS
 from . import aten_data_dependent  # noqa: F401,E402  (registers its conversions in the same table)
+from . import aten_complex  # noqa: F401,E402  (complex tensors as pairs of reals; same table)
 
 _WRAPPER_PREFIX = "inner."
 
