@@ -9,6 +9,10 @@ convert fails by name instead of computing on the wrong layout. Converted: polar
 view_as_complex, view_as_real, mul (complex x complex, complex x real) and the shape ops RoPE applies
 to its table (unsqueeze). The arithmetic is exact: the lifting passes then see the ordinary
 interleaved rotation (x_even * cos - x_odd * sin, ...).
+
+FNet mixes tokens with `torch.fft.fftn(x).real`: a real tensor cast to complex, then `_fft_c2c` over
+some dims. Each dim's transform is a matmul with the n x n DFT matrix, built at run time for the
+dynamic n from `(k * j) mod n` (integers, so the angles stay in [0, 2 pi) and float32-exact enough).
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ir.core import Value
-from ..ir.opdefs.shape import AxisAttrs, SelectAttrs
+import math
+
+from ..ir.core import DType, Value
+from ..ir.opdefs.creation import ArangeAttrs, FullAttrs
+from ..ir.opdefs.pointwise import CastAttrs
+from ..ir.opdefs.shape import AxisAttrs, PermuteAttrs, SelectAttrs
 from .aten_table import CONVERSIONS, conversion
 
 aten = torch.ops.aten
@@ -107,6 +115,51 @@ def _unsqueeze(conv, z, dim):
     c = _complex(conv, z)
     axis = dim if dim >= 0 else dim + c.rank + 1
     return Complex(conv.emit("unsqueeze", [c.pairs], AxisAttrs(axis)))
+
+
+def _to_complex(conv, x, *args, **kwargs):
+    dtype = kwargs.get("dtype", args[0] if args and isinstance(args[0], torch.dtype) else None)
+    v = conv.value(x)
+    if dtype is None or not dtype.is_complex:
+        return _real_to_copy(conv, x, *args, **kwargs)
+    if dtype != torch.complex64:
+        raise conv.unsupported(f"complex dtype {dtype} (only complex64: pairs of float32)")
+    re = v if v.type.dtype == DType.F32 else conv.emit("cast", [v], CastAttrs(DType.F32))
+    zeros = conv.emit("full", [], FullAttrs(re.type.shape, 0.0, DType.F32))
+    return Complex(_stack_last(conv, re, zeros))
+
+
+_real_to_copy = CONVERSIONS[aten._to_copy.default]
+conversion(aten._to_copy.default)(_to_complex)
+
+
+def _dft(conv, n) -> tuple[Value, Value]:
+    """cos and -sin of the n x n DFT angles 2 pi (k j mod n) / n."""
+    k = conv.emit("arange", [], ArangeAttrs(0, n, 1, DType.I64))
+    kj = conv.emit("mul", [conv.emit("unsqueeze", [k], AxisAttrs(1)), conv.emit("unsqueeze", [k], AxisAttrs(0))])
+    n_t = conv.emit("full", [], FullAttrs((), n, DType.I64))
+    turns = conv.emit("remainder", [kj, n_t])
+    angle = conv.emit("div", [conv.emit("cast", [turns], CastAttrs(DType.F32)), conv.emit("cast", [n_t], CastAttrs(DType.F32))])
+    angle = conv.emit("mul", [angle, conv.scalar(2 * math.pi, like=angle)])
+    return conv.emit("cos", [angle]), conv.emit("neg", [conv.emit("sin", [angle])])
+
+
+@conversion(aten._fft_c2c.default)
+def _fft_c2c(conv, z, dims, normalization, forward):
+    c = _complex(conv, z)
+    if c is None or not forward or normalization != 0:
+        raise conv.unsupported("fft other than the forward, unnormalised transform of a complex tensor")
+    re, im = _parts(conv, c)
+    for d in dims:
+        d = d % c.rank
+        perm = [i for i in range(c.rank) if i != d] + [d]  # the transformed dim last, for the matmul
+        back = [perm.index(i) for i in range(c.rank)]
+        re, im = (conv.emit("permute", [t], PermuteAttrs(tuple(perm))) for t in (re, im))
+        wr, wi = _dft(conv, re.type.shape[-1])  # symmetric: x @ W transforms the last dim
+        re, im = (conv.emit("sub", [conv.emit("matmul", [re, wr]), conv.emit("matmul", [im, wi])]),
+                  conv.emit("add", [conv.emit("matmul", [re, wi]), conv.emit("matmul", [im, wr])]))
+        re, im = (conv.emit("permute", [t], PermuteAttrs(tuple(back))) for t in (re, im))
+    return Complex(_stack_last(conv, re, im))
 
 
 _complex_aware(aten.mul.Tensor, _mul)

@@ -1,5 +1,6 @@
 """Complex tensors as pairs of reals: rotary embeddings written the way Meta's original Llama code
-writes them (`precompute_freqs_cis` / `apply_rotary_emb`; DeepSeek-V2 in transformers)."""
+writes them (`precompute_freqs_cis` / `apply_rotary_emb`; DeepSeek-V2 in transformers), and FNet's
+Fourier token mixing (`torch.fft.fftn(x).real`)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,30 @@ class ComplexAbs(nn.Module):
 def test_an_unconverted_complex_op_fails_by_name():
     with pytest.raises(UnsupportedOpError, match="abs"):
         trace(ComplexAbs().eval(), {"x": torch.randn(2, 4, 8)})
+
+
+class FourierMixing(nn.Module):
+    """FNet's mixing layer: the real part of the 2-D DFT over tokens and features."""
+
+    def __init__(self, norm: str = "backward"):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):  # [batch, seq, hidden]
+        return torch.fft.fftn(x, dim=(1, 2), norm=self.norm).real
+
+
+def test_fourier_mixing_is_a_dft_matmul_per_dim():
+    m = FourierMixing().eval()
+    g = trace(m, {"x": torch.randn(2, 6, 12)})
+    verify(g)
+    assert sum(n.op == "matmul" for n in g.nodes) == 8  # 4 real matmuls per transformed dim
+    for seq in (1, 6, 37):
+        x = torch.randn(3, seq, 12)
+        (got,) = run_graph(g, {"x": x}).values()
+        torch.testing.assert_close(got, m(x), atol=2e-4, rtol=1e-4)
+
+
+def test_a_normalised_fft_is_refused_by_name():
+    with pytest.raises(UnsupportedOpError, match="fft other than the forward, unnormalised"):
+        trace(FourierMixing(norm="ortho").eval(), {"x": torch.randn(2, 6, 12)})
