@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..ir.core import DType, Node, SymDim, Value
+from ..ir.opdefs._infer import promote
 from ..ir.opdefs.activation import ACTIVATIONS
 
 FLOATS = (DType.F32, DType.F16, DType.BF16)
@@ -307,8 +308,8 @@ def _body(group: GlueGroup, nodes: Sequence[Node], names: dict[int, str], label:
     lines = []
     index = {id(n): k for k, n in enumerate(group.nodes)}
     for node in nodes:
-        ops = [Operand("", v.type.dtype, group.constants[id(v)]) if id(v) in group.constants else Operand(names[id(v)], v.type.dtype)
-               for v in node.inputs]
+        ops = [Operand("", v.type.dtype, _constant_in(group.constants[id(v)], node)) if id(v) in group.constants
+               else Operand(names[id(v)], v.type.dtype) for v in node.inputs]
         out = node.outputs[0]
         expr = _TEMPLATES[node.op](node, ops)
         if out.type.dtype in FLOATS:
@@ -317,6 +318,16 @@ def _body(group: GlueGroup, nodes: Sequence[Node], names: dict[int, str], label:
         lines.append(f"{indent}# {label(node)}")
         lines.append(f"{indent}{names[id(out)]} = {expr}")
     return lines
+
+
+def _constant_in(value: float | int, node: Node) -> float | int:
+    """A constant as `node` computes with it: torch casts every operand to the op's common dtype
+    first, so x_f16 * 0.3 (an f32 constant) multiplies by 0.3 rounded to f16."""
+    if node.op == "cast" or not isinstance(value, float):
+        return value
+    operands = node.inputs[1:] if node.op == "where" else node.inputs
+    common = promote(*(v.type for v in operands))
+    return float(torch.tensor(value).to(common.torch).float()) if common in (DType.F16, DType.BF16) else value
 
 
 def _needed(nodes: Sequence[Node], reads: Sequence[Value]) -> list[Node]:

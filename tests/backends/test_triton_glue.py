@@ -190,6 +190,22 @@ def test_one_kernel_per_chain():
         ["pow", "mean", "add", "rsqrt", "mul", "mul"], ["amax", "sub", "exp"], ["sum", "div"], ["mul", "softmax", "where"]]
 
 
+@pytest.mark.parametrize("dt", [DType.F16, DType.BF16], ids=str)
+def test_a_float32_constant_is_rounded_to_the_ops_dtype_first(dt, tmp_path):
+    """x_half > 0.3 compares with 0.3 in x's dtype, as torch casts both to their common dtype."""
+    b = Builder("constant")
+    x = b.input("x", dt, 6)
+    c = b.const(0.3, DType.F32)
+    b.g.set_output("gt", b.op("gt", x, c))
+    b.g.set_output("mul", b.op("mul", x, c))
+    b.g.set_output("clamped", b.op("where", b.op("lt", x, c), c, x))
+    half = torch.tensor(0.3).to(dt.torch)
+    inputs = {"x": torch.stack([half, half * 2, -half, half, torch.tensor(0.29).to(dt.torch), torch.tensor(0.31).to(dt.torch)])}
+    got, want = _run(b.g, inputs, tmp_path), run_graph(b.g, inputs)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and torch.equal(got[name], want[name]), name
+
+
 def _graph_with_a_matmul_between():
     """a = exp(x); m = matmul(a, w) reads a; d = -a * m cannot join a's kernel (m needs it first)."""
     b = Builder("between")
