@@ -78,11 +78,7 @@ class Expected:
     op: Any = None
 
 
-aten = torch.ops.aten
 KNOWN_FAILURES: dict[str, Expected] = {
-    "deepseek_v2": Expected(
-        "unsupported op aten::polar", "rotary embedding in complex numbers (torch.polar, complex multiply); the IR has no complex dtype",
-        aten.polar.default),
     "inkling2": Expected("0 experts ops for 2 experts modules", "its experts module is not captured as an experts op (the capture's probe does not confirm it); it compiles as plain ops"),
 }
 
