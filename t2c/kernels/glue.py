@@ -309,7 +309,7 @@ def _body(group: GlueGroup, nodes: Sequence[Node], names: dict[int, str], label:
     index = {id(n): k for k, n in enumerate(group.nodes)}
     for node in nodes:
         ops = [Operand("", v.type.dtype, _constant_in(group.constants[id(v)], node)) if id(v) in group.constants
-               else Operand(names[id(v)], v.type.dtype) for v in node.inputs]
+               else Operand(_operand_in(names[id(v)], v, node), v.type.dtype) for v in node.inputs]
         out = node.outputs[0]
         expr = _TEMPLATES[node.op](node, ops)
         if out.type.dtype in FLOATS:
@@ -323,11 +323,25 @@ def _body(group: GlueGroup, nodes: Sequence[Node], names: dict[int, str], label:
 def _constant_in(value: float | int, node: Node) -> float | int:
     """A constant as `node` computes with it: torch casts every operand to the op's common dtype
     first, so x_f16 * 0.3 (an f32 constant) multiplies by 0.3 rounded to f16."""
-    if node.op == "cast" or not isinstance(value, float):
+    if not isinstance(value, float):
         return value
-    operands = node.inputs[1:] if node.op == "where" else node.inputs
-    common = promote(*(v.type for v in operands))
+    common = _common_dtype(node)
     return float(torch.tensor(value).to(common.torch).float()) if common in (DType.F16, DType.BF16) else value
+
+
+def _common_dtype(node: Node) -> DType | None:
+    """The dtype torch computes `node` in (its operands' result_type); None for a cast."""
+    if node.op == "cast":
+        return None
+    return promote(*(v.type for v in (node.inputs[1:] if node.op == "where" else node.inputs)))
+
+
+def _operand_in(text: str, v: Value, node: Node) -> str:
+    """A float operand wider than the op's common dtype (a 0-d f32 tensor with an f16 one) rounded to it first."""
+    common = _common_dtype(node)
+    if common in (DType.F16, DType.BF16) and v.type.dtype in FLOATS and v.type.dtype != common:
+        return _rounded(text, common)
+    return text
 
 
 def _needed(nodes: Sequence[Node], reads: Sequence[Value]) -> list[Node]:

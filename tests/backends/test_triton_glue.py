@@ -192,15 +192,19 @@ def test_one_kernel_per_chain():
 
 @pytest.mark.parametrize("dt", [DType.F16, DType.BF16], ids=str)
 def test_a_float32_constant_is_rounded_to_the_ops_dtype_first(dt, tmp_path):
-    """x_half > 0.3 compares with 0.3 in x's dtype, as torch casts both to their common dtype."""
+    """x_half > 0.3 compares with 0.3 in x's dtype, as torch casts both to their common dtype (a 0-d f32 input too)."""
     b = Builder("constant")
     x = b.input("x", dt, 6)
+    scalar = b.input("scalar", DType.F32)
+    b.g.set_output("mul_scalar", b.op("mul", x, scalar))
+    b.g.set_output("gt_scalar", b.op("gt", x, scalar))
     c = b.const(0.3, DType.F32)
     b.g.set_output("gt", b.op("gt", x, c))
     b.g.set_output("mul", b.op("mul", x, c))
     b.g.set_output("clamped", b.op("where", b.op("lt", x, c), c, x))
     half = torch.tensor(0.3).to(dt.torch)
-    inputs = {"x": torch.stack([half, half * 2, -half, half, torch.tensor(0.29).to(dt.torch), torch.tensor(0.31).to(dt.torch)])}
+    inputs = {"x": torch.stack([half, half * 2, -half, half, torch.tensor(0.29).to(dt.torch), torch.tensor(0.31).to(dt.torch)]),
+              "scalar": torch.tensor(0.3)}
     got, want = _run(b.g, inputs, tmp_path), run_graph(b.g, inputs)
     for name in want:
         assert got[name].dtype == want[name].dtype and torch.equal(got[name], want[name]), name
