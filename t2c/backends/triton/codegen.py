@@ -222,10 +222,13 @@ def _module_text(graph, counts, imports, kernel_modules, attrs_lines, kernels, i
                f"{gen['nodes']} in {gen['kernels']} generated kernels ({gen['row_kernels']} with a row reduction), "
                f"{counts['torch']['nodes']} torch, {counts['generic']['nodes']} on the generic path, "
                f"{counts['folded_constants']} scalar constants as kernel literals.")
+    by_path = [f"  {p}: " + ", ".join(f"{op} {n}" for op, n in sorted(counts[p]["ops"].items()))
+               for p in ("handwritten", "generated", "torch", "generic") if counts[p]["ops"]]
     head = [
         f'"""{graph.name}, compiled by t2c --target triton.',
         "",
         summary,
+        *by_path,
         "Generic path: ops without a Triton kernel run their eager reference from t2c's IR op registry",
         "(t2c.backends.triton.runtime.run_op). Weights are `P`, read from weights.safetensors by IR name.",
         '"""',
