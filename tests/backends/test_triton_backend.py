@@ -124,3 +124,12 @@ def test_zoo(family, tmp_path):
     got, want = c(**other), eager_outputs(model, other)
     for name, tensor in got.items():
         torch.testing.assert_close(tensor, want[name], rtol=1e-4, atol=1e-4)
+
+
+def test_unfused_graph_runs_its_norms_in_generated_row_kernels(tmp_path):
+    """-O0 keeps Llama's RMSNorm and attention as ordinary ops: the glue kernels take the norms."""
+    model, examples = zoo.build("llama", batch=1, seq=8)
+    c = t2c.compile(model, examples, passes="-O0", target="triton", out=str(tmp_path / "o0"))
+    counts = json.loads((tmp_path / "o0" / "kernels.json").read_text())
+    assert c.ok is True and counts["handwritten"]["nodes"] == 0
+    assert counts["generated"]["row_kernels"] == 5 and counts["generated"]["ops"]["mean"] == 5  # 2 layers x 2 + the final norm
