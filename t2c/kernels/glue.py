@@ -1,4 +1,4 @@
-"""Generated glue kernels: a chain of IR elementwise ops (optionally ending in a row reduction) as one Triton kernel.
+"""Generated glue kernels: a chain of IR elementwise ops (and at most one row reduction) as one Triton kernel.
 
 The Triton backend groups the glue between heavy ops (t2c/backends/triton/fusion.py) and asks
 this module for the source of one `@triton.jit` kernel and its Python launcher per group; the
@@ -21,7 +21,9 @@ Contract of a generated kernel:
                  Per-row results are contiguous [rows] tensors ([..., 1] or [...]).
 Dtypes: inputs of any IR dtype but f64; float values are computed in float32 and each op's result
 is rounded to its IR dtype (f16/bf16) as eager PyTorch rounds each op, so a fused chain matches
-the unfused graph (bf16 by bits: the interpreter's conversion truncates); bool values are Triton int1; integer inputs are loaded as they are. Results are
+the unfused graph (bf16 by bits: the interpreter's conversion truncates); an operand wider than
+the op's common dtype (a 0-d f32 constant with an f16 tensor) is rounded to it first, as torch
+casts operands. Bool values are Triton int1; integer inputs are loaded as they are. Results are
 f32, f16, bf16 or bool; integer-valued ops are left to torch.
 Limits: `pow` only by a constant exponent in `_POW_EXPONENTS`; no `round`, `asin`/`acos`/`atan`,
 `remainder`, `floor_divide`, rounding `div` (Triton has no portable expression for them here).
@@ -77,7 +79,7 @@ class Operand:
     def f(self) -> str:
         """As float32."""
         if self.constant is not None:
-            return _float_literal(float(self.constant))
+            return float_literal(float(self.constant))
         return self.text if self.dtype in FLOATS else f"{self.text}.to(tl.float32)"
 
     @property
@@ -91,11 +93,12 @@ class Operand:
     def n(self) -> str:
         """As it is (integers and bools native, floats as float32)."""
         if self.constant is not None:
-            return repr(int(self.constant)) if self.dtype not in FLOATS else _float_literal(float(self.constant))
+            return repr(int(self.constant)) if self.dtype not in FLOATS else float_literal(float(self.constant))
         return self.text
 
 
-def _float_literal(v: float) -> str:
+def float_literal(v: float) -> str:
+    """Triton (and Python) source for the float `v`: inf and nan spelled with float()."""
     if math.isnan(v):
         return 'float("nan")'
     if math.isinf(v):
@@ -186,9 +189,9 @@ _TEMPLATES: dict[str, Callable[[Node, Sequence[Operand]], str]] = {
 def _clamp(node: Node, x: Operand) -> str:
     out = x.f
     if node.attrs.min is not None:
-        out = f"tl.maximum({out}, {_float_literal(float(node.attrs.min))})"
+        out = f"tl.maximum({out}, {float_literal(float(node.attrs.min))})"
     if node.attrs.max is not None:
-        out = f"tl.minimum({out}, {_float_literal(float(node.attrs.max))})"
+        out = f"tl.minimum({out}, {float_literal(float(node.attrs.max))})"
     return out
 
 

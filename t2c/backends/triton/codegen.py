@@ -23,7 +23,7 @@ from typing import Any
 from ...ir.core import Graph, Node, SymDim, Value
 from ...ir.ops import get_op
 from ...ir.printer import Namer, format_node
-from ...kernels.glue import _float_literal, helpers_source, kernel_source
+from ...kernels.glue import float_literal, helpers_source, kernel_source
 from .fusion import plan_fusion
 from .handwritten import handwritten_kernel
 
@@ -73,7 +73,7 @@ def literal(v: Any, imports: _Imports) -> str:
     if v is None or isinstance(v, (bool, int, str)):
         return repr(v)
     if isinstance(v, float):
-        return _float_literal(v)
+        return float_literal(v)
     if isinstance(v, enum.Enum):
         return f"{imports.name(type(v))}.{v.name}"
     if isinstance(v, SymDim):
