@@ -119,9 +119,11 @@ def export(module: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_d
             # One named Dim per label, so inputs that share `seq` share one symbol. If the
             # model constrains a dim (a position table of 512, say), named Dims are refused;
             # Dim.AUTO then lets torch.export keep what it can dynamic.
+            # torch's own constraint solver may also fail while it words its suggested fixes
+            # (LongT5: an AssertionError building a Dim with min 0, max -oo): Dim.AUTO then too.
             try:
                 ep = _export_named(wrapper, examples, dynamic_dims)
-            except torch._dynamo.exc.UserError:  # type: ignore[attr-defined]
+            except (torch._dynamo.exc.UserError, AssertionError):  # type: ignore[attr-defined]
                 ep = _export(wrapper, examples, dynamic_dims, named=False)
                 ep = _unpinned(ep, wrapper, examples, dynamic_dims)
         except torch._dynamo.exc.UserError as e:  # type: ignore[attr-defined]
@@ -595,8 +597,12 @@ def convert(ep: torch.export.ExportedProgram, output_names: list[str], *, name: 
     specs = {s.arg.name: s for s in ep.graph_signature.input_specs}
     user_placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and specs[n.name].kind == InputKind.USER_INPUT]
     names = input_names or [n.name for n in user_placeholders]
-    # Name the symbols after the dims they stand for (batch, seq), first come first named.
+    # Name the symbols after the dims they stand for (batch, seq), first come first named. Under
+    # Dim.AUTO torch gives each input's dim its own symbol unless an op made them one: dims the
+    # caller labelled alike (`seq` of input_ids and of attention_mask) with the same example size
+    # are one dim (the label says so); alike-labelled ones of different sizes get names apart.
     dim_names = dim_names or {}
+    labelled: dict[str, tuple[sympy.Symbol, int | None]] = {}
     for ph, in_name in zip(user_placeholders, names):
         val = ph.meta.get("val")
         if not isinstance(val, torch.Tensor):
@@ -609,9 +615,14 @@ def convert(ep: torch.export.ExportedProgram, output_names: list[str], *, name: 
                 label = dim_names.get((in_name, axis), f"d{len(conv.symbols)}")
                 if is_data_dim(label):  # n0, n1, ... name data-dependent dims
                     label = f"{label}_"
+                size = s.node.hint
+                if label in labelled and w == 1 and labelled[label][1] == size and size is not None:
+                    conv.symbols[sym] = labelled[label][0]
+                    continue
                 if sympy.Symbol(label, integer=True, positive=True) in conv.symbols.values():
                     label = f"{label}{len(conv.symbols)}"
                 named = sympy.Symbol(label, integer=True, positive=True)
+                labelled.setdefault(label, (named, size if w == 1 else None))
                 # A derived dim W*root (see `_export_named`): the input's dim is `label`, the
                 # root is label/W, exact under the constraint `label % W == 0` the graph records.
                 conv.symbols[sym] = named / w if w > 1 else named

@@ -156,3 +156,33 @@ def test_divisible_and_equal_lengths_read_off_the_guards():
         x, mask = torch.randn(3, seq, 8), (torch.rand(3, seq) > 0.3).float()
         (got,) = run_graph(g, dict(zip([v.name for v in g.inputs], (x, mask)))).values()
         torch.testing.assert_close(got, m(x, mask))
+
+
+class PaddedBlocks(nn.Module):
+    """LongT5's local attention layout: ids and mask each padded to whole blocks of 4 and multiplied
+    block by block (torch only learns that their block counts agree), under a position table of 32."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(32, 8))
+
+    def forward(self, x, mask):  # x [batch, seq, 8], mask [batch, seq]
+        seq = x.shape[1]
+        h = x + self.pos[:seq]
+        hb = nn.functional.pad(h, (0, 0, 0, (-seq) % 4)).reshape(h.shape[0], -1, 4, 8)
+        mb = nn.functional.pad(mask, (0, (-mask.shape[1]) % 4)).reshape(mask.shape[0], -1, 4, 1)
+        return (hb * mb).reshape(h.shape[0], -1, 8)[:, :seq]
+
+
+def test_alike_labelled_dims_of_one_size_are_one_dim():
+    """The position table bounds seq, so torch.export refuses named dims and t2c exports with Dim.AUTO,
+    where ids and mask get symbols of their own; both are labelled `seq` with one example size, so
+    they are one dim, and the blocks broadcast."""
+    m = PaddedBlocks().eval()
+    g = trace(m, {"x": torch.randn(2, 7, 8), "mask": torch.ones(2, 7)})
+    verify(g)
+    assert [str(v.type) for v in g.inputs] == ["f32[batch,seq,8]", "f32[batch,seq]"]
+    for seq in (1, 7, 32):
+        x, mask = torch.randn(3, seq, 8), (torch.rand(3, seq) > 0.3).float()
+        (got,) = run_graph(g, {"x": x, "mask": mask}).values()
+        torch.testing.assert_close(got, m(x, mask))
