@@ -786,7 +786,11 @@ def main() -> None:
 
 
 def merge(args) -> None:
-    """Rows of several runs, later files winning per architecture; the summary recomputed."""
+    """Rows of several runs, later files winning per architecture; the summary recomputed.
+
+    A row of a --no-anchor run keeps the anchor result an earlier file has for its architecture
+    (torch.onnx.export does not change with t2c's commits), marked `anchor_from`: t2c re-run at a
+    new commit is compared with the anchor without exporting everything again."""
     by_arch, metas = {}, []
     for path in args.merge.split(","):
         with open(path) as f:
@@ -794,9 +798,13 @@ def merge(args) -> None:
         metas.append({**data["meta"], "file": os.path.basename(path)})
         for r in data["rows"]:
             r.setdefault("commit", data["meta"].get("commit"))
+            earlier = by_arch.get(r["arch"])
+            if r.get("anchor") is None and earlier is not None and earlier.get("anchor") is not None:
+                r["anchor"] = earlier["anchor"]
+                r["anchor_from"] = earlier.get("anchor_from") or earlier["commit"]
             by_arch[r["arch"]] = r
     rows = [by_arch[a] for a in sorted(by_arch)]
-    anchor = all(m.get("anchor", True) for m in metas)
+    anchor = all(r.get("anchor") is not None for r in rows if "t2c" in r)
     meta = {**metas[-1], "date": datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), "merged_from": metas,
             "wall_seconds": sum(m.get("wall_seconds", 0) for m in metas)}
     meta["commits"] = sorted({m.get("commit") for m in metas})
