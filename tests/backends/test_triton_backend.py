@@ -1,8 +1,8 @@
 """The Triton backend end to end under TRITON_INTERPRET=1: compile, validate, save, t2c.load, the zoo.
 
-The zoo is every model of `zoo.ZOO` plus the bundled example, at -O1, traced at 1x8 tokens
-(validation then runs the module against the IR interpreter at that shape and a second one) and
-run again at 2x5 against eager PyTorch.
+The zoo is every model of `zoo.ZOO` plus the bundled example, at -O1, traced at 1x8 tokens and
+run at 1x8 and 2x5 against eager PyTorch. The driver's validation (module vs the IR interpreter at
+two shapes, each pass vs eager) runs on the small block and on Llama at -O0.
 """
 
 from __future__ import annotations
@@ -115,15 +115,16 @@ ZOO = list(zoo.ZOO) + ["example"]
 
 @pytest.mark.parametrize("family", ZOO)
 def test_zoo(family, tmp_path):
+    """Compiled without the driver's validation (its per-pass runs cost 5x the rest), then checked against eager here."""
     model, examples = zoo.build(family, batch=1, seq=8)
-    c = t2c.compile(model, examples, passes="-O1", target="triton", out=str(tmp_path / family))
-    assert c.ok is True
+    c = t2c.compile(model, examples, passes="-O1", target="triton", out=str(tmp_path / family), validate=False)
     counts = json.loads((tmp_path / family / "kernels.json").read_text())
     assert counts["handwritten"]["nodes"] > 0 and counts["generated"]["kernels"] > 0
-    _, other = zoo.build(family, batch=2, seq=5)
-    got, want = c(**other), eager_outputs(model, other)
-    for name, tensor in got.items():
-        torch.testing.assert_close(tensor, want[name], rtol=1e-4, atol=1e-4)
+    for inputs in (examples, zoo.build(family, batch=2, seq=5)[1]):
+        got, want = c(**inputs), eager_outputs(model, inputs)
+        assert sorted(got) == sorted(want)
+        for name, tensor in got.items():
+            torch.testing.assert_close(tensor, want[name], rtol=1e-4, atol=1e-4)
 
 
 def test_unfused_graph_runs_its_norms_in_generated_row_kernels(tmp_path):
