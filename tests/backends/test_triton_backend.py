@@ -134,3 +134,19 @@ def test_unfused_graph_runs_its_norms_in_generated_row_kernels(tmp_path):
     counts = json.loads((tmp_path / "o0" / "kernels.json").read_text())
     assert c.ok is True and counts["handwritten"]["nodes"] == 0
     assert counts["generated"]["row_kernels"] == 5 and counts["generated"]["ops"]["mean"] == 5  # 2 layers x 2 + the final norm
+
+
+def test_inputs_named_like_model_py_s_own_names_are_renamed(tmp_path):
+    from t2c.backends.triton import lower, save
+    from t2c.backends.triton.runtime import load_runner
+    from t2c.ir import run_graph
+    from t2c.ir.core import DType, Graph, TensorType
+
+    g = Graph("names")
+    a, b, c = (g.add_input(n, TensorType(DType.F32, (3,))) for n in ("glue0", "DType", "input_ids"))
+    g.set_output("out", g.add_node("mul", (g.add_node("add", (a, b)).outputs[0], c)).outputs[0])
+    source = lower(g)
+    assert "def forward(P, input0, input1, input_ids):" in source.text
+    save(source, str(tmp_path))
+    x = {n: torch.randn(3) for n in ("glue0", "DType", "input_ids")}
+    assert torch.equal(load_runner(str(tmp_path))(**x)["out"], run_graph(g, x)["out"])

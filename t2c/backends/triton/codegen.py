@@ -17,6 +17,7 @@ import dataclasses
 import enum
 import json
 import keyword
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,10 @@ TORCH_OPS = frozenset({
     "scatter", "cumsum", "argmax", "argmin", "topk", "sort",
 })
 _ELEMENTWISE_FAMILIES = ("t2c.ir.opdefs.pointwise", "t2c.ir.opdefs.reduction", "t2c.ir.opdefs.activation")
-_RESERVED = {"P", "dims", "ctx", "torch", "triton", "tl", "math", "F", "forward", "INPUTS", "OUTPUTS"}
+# Names model.py defines or imports: an input named so would shadow them inside forward.
+_RESERVED = {"P", "dims", "ctx", "torch", "triton", "tl", "math", "F", "forward", "INPUTS", "OUTPUTS", "DEVICE",
+             "run_op", "require_device", "EvalContext", "flat_block", "row_block", "DType", "SymDim"}
+_GENERATED_NAME = re.compile(r"^(v|A|A_|glue|input)\d+$|^_|Attrs")
 
 
 @dataclass
@@ -95,7 +99,7 @@ def _input_names(graph: Graph) -> list[str]:
     names = []
     for i, v in enumerate(graph.inputs):
         ok = v.name and v.name.isidentifier() and not keyword.iskeyword(v.name) and v.name not in _RESERVED \
-            and not (v.name[0] in "vA" and v.name[1:].isdigit()) and v.name not in names
+            and not _GENERATED_NAME.search(v.name) and v.name not in names
         names.append(v.name if ok else f"input{i}")
     return names
 
