@@ -3,7 +3,7 @@
 The Triton backend groups the glue between heavy ops (t2c/backends/triton/fusion.py) and asks
 this module for the source of one `@triton.jit` kernel and its Python launcher per group; the
 source is written into the compiled `model.py`, so what runs is readable there. Nothing here is
-written per pattern: every IR elementwise op maps to one small Triton expression (`_TEMPLATES`),
+written per pattern: every IR elementwise op maps to one small Triton expression (`TEMPLATES`),
 and a group's kernel is those expressions in the IR's order.
 
 Contract of a generated kernel:
@@ -25,7 +25,7 @@ the unfused graph (bf16 by bits: the interpreter's conversion truncates); an ope
 the op's common dtype (a 0-d f32 constant with an f16 tensor) is rounded to it first, as torch
 casts operands. Bool values are Triton int1; integer inputs are loaded as they are. Results are
 f32, f16, bf16 or bool; integer-valued ops are left to torch.
-Limits: `pow` only by a constant exponent in `_POW_EXPONENTS`; no `round`, `asin`/`acos`/`atan`,
+Limits (glue_ops.py): `pow` only by a constant exponent in `_POW_EXPONENTS`; no `round`, `asin`/`acos`/`atan`,
 `remainder`, `floor_divide`, rounding `div` (Triton has no portable expression for them here).
 Under TRITON_INTERPRET=1 the launchers use one big block (few programs: the interpreter runs
 each program in Python); on a GPU, 1024 elements (flat) and up to 4096 columns (rows).
@@ -33,20 +33,12 @@ each program in Python); on a GPU, 1024 elements (flat) and up to 4096 columns (
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import torch
-
-from ..ir.core import DType, Node, SymDim, Value
-from ..ir.opdefs._infer import promote
-from ..ir.opdefs.activation import ACTIVATIONS
-
-FLOATS = (DType.F32, DType.F16, DType.BF16)
-ROW_REDUCTIONS = ("softmax", "log_softmax", "sum", "mean", "amax", "amin")
-_POW_EXPONENTS = (0.5, -0.5, 1.0, 2.0, 3.0, 4.0, -1.0)
+from ..ir.core import Node, Value
+from .glue_ops import FLOATS, TEMPLATES, Operand, constant_in, operand_in, rounded, row_reduction
 
 
 # -- launch sizes (called by the generated launchers) -------------------------------------------
@@ -66,183 +58,6 @@ def row_block(n: int) -> int:
     """Columns per loop step of a row kernel over rows of n elements."""
     full = 1 << max(n - 1, 0).bit_length()
     return max(full if interpreting() else min(full, 4096), 16)
-
-
-# -- what can be fused ---------------------------------------------------------------------------
-class Operand:
-    """One operand inside a kernel: a variable (or a constant literal) and its IR dtype."""
-
-    def __init__(self, text: str, dtype: DType, constant: float | int | None = None):
-        self.text, self.dtype, self.constant = text, dtype, constant
-
-    @property
-    def f(self) -> str:
-        """As float32."""
-        if self.constant is not None:
-            return float_literal(float(self.constant))
-        return self.text if self.dtype in FLOATS else f"{self.text}.to(tl.float32)"
-
-    @property
-    def b(self) -> str:
-        """As int1 (bool)."""
-        if self.constant is not None:
-            return "True" if self.constant else "False"
-        return self.text if self.dtype == DType.BOOL else f"({self.text} != 0)"
-
-    @property
-    def n(self) -> str:
-        """As it is (integers and bools native, floats as float32)."""
-        if self.constant is not None:
-            return repr(int(self.constant)) if self.dtype not in FLOATS else float_literal(float(self.constant))
-        return self.text
-
-
-def float_literal(v: float) -> str:
-    """Triton (and Python) source for the float `v`: inf and nan spelled with float()."""
-    if math.isnan(v):
-        return 'float("nan")'
-    if math.isinf(v):
-        return 'float("inf")' if v > 0 else '-float("inf")'
-    return repr(v)
-
-
-def _sigmoid(x: str) -> str:
-    return f"tl.sigmoid({x})"
-
-
-def _tanh(x: str) -> str:
-    # tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}): no overflow, no libdevice (the interpreter has none)
-    return f"_glue_tanh({x})"
-
-
-def _erf(x: str) -> str:
-    return f"tl.erf({x})"
-
-
-def _act(name: str, x: str) -> str:
-    """One activation of ACTIVATIONS (gated_act, bias_act) as an expression of float32 `x`."""
-    return {
-        "silu": f"({x}) * {_sigmoid(x)}",
-        "gelu": f"0.5 * ({x}) * (1.0 + {_erf(f'({x}) * 0.7071067811865476')})",
-        "gelu_tanh": f"0.5 * ({x}) * (1.0 + {_tanh(f'0.7978845608028654 * (({x}) + 0.044715 * ({x}) * ({x}) * ({x}))')})",
-        "relu": f"tl.maximum({x}, 0.0)",
-    }[name]
-
-
-def _pow(a: Operand, e: float) -> str:
-    return {0.5: f"tl.sqrt({a.f})", -0.5: f"tl.rsqrt({a.f})", 1.0: a.f, 2.0: f"{a.f} * {a.f}",
-            3.0: f"{a.f} * {a.f} * {a.f}", 4.0: f"({a.f} * {a.f}) * ({a.f} * {a.f})", -1.0: f"1.0 / {a.f}"}[e]
-
-
-_COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-
-
-def _compare(op: str, a: Operand, b: Operand) -> str:
-    ints = all(o.dtype not in FLOATS for o in (a, b))  # both integral or bool: compare as they are
-    x, y = (a.n, b.n) if ints else (a.f, b.f)
-    return f"{x} {_COMPARE[op]} {y}"
-
-
-# op -> expression builder(node, operands); float results are float32 expressions, bool results int1.
-_TEMPLATES: dict[str, Callable[[Node, Sequence[Operand]], str]] = {
-    "neg": lambda n, o: f"-{o[0].f}",
-    "abs": lambda n, o: f"tl.abs({o[0].f})",
-    "exp": lambda n, o: f"tl.exp({o[0].f})",
-    "log": lambda n, o: f"tl.log({o[0].f})",
-    "sqrt": lambda n, o: f"tl.sqrt({o[0].f})",
-    "rsqrt": lambda n, o: f"tl.rsqrt({o[0].f})",
-    "reciprocal": lambda n, o: f"1.0 / {o[0].f}",
-    "sin": lambda n, o: f"tl.sin({o[0].f})",
-    "cos": lambda n, o: f"tl.cos({o[0].f})",
-    "tan": lambda n, o: f"tl.sin({o[0].f}) / tl.cos({o[0].f})",
-    "tanh": lambda n, o: _tanh(o[0].f),
-    "sigmoid": lambda n, o: _sigmoid(o[0].f),
-    "erf": lambda n, o: _erf(o[0].f),
-    "relu": lambda n, o: _act("relu", o[0].f),
-    "silu": lambda n, o: _act("silu", o[0].f),
-    "gelu": lambda n, o: _act("gelu" if n.attrs.approximate == "none" else "gelu_tanh", o[0].f),
-    "floor": lambda n, o: f"tl.floor({o[0].f})",
-    "ceil": lambda n, o: f"tl.ceil({o[0].f})",
-    "sign": lambda n, o: f"tl.where({o[0].f} > 0, 1.0, tl.where({o[0].f} < 0, -1.0, {o[0].f} * 0.0))",
-    "logical_not": lambda n, o: f"{o[0].b} == 0",
-    "clamp": lambda n, o: _clamp(n, o[0]),
-    "cast": lambda n, o: o[0].b if n.attrs.dtype == DType.BOOL else o[0].f,
-    "add": lambda n, o: f"{o[0].f} + {o[1].f}",
-    "sub": lambda n, o: f"{o[0].f} - {o[1].f}",
-    "mul": lambda n, o: f"{o[0].f} * {o[1].f}",
-    "div": lambda n, o: f"{o[0].f} / {o[1].f}",
-    "pow": lambda n, o: _pow(o[0], float(o[1].constant)),
-    "maximum": lambda n, o: f"tl.maximum({o[0].f}, {o[1].f})",
-    "minimum": lambda n, o: f"tl.minimum({o[0].f}, {o[1].f})",
-    "logical_and": lambda n, o: f"{o[0].b} & {o[1].b}",
-    "logical_or": lambda n, o: f"{o[0].b} | {o[1].b}",
-    "bitwise_and": lambda n, o: f"{o[0].b} & {o[1].b}",
-    "bitwise_or": lambda n, o: f"{o[0].b} | {o[1].b}",
-    **{op: (lambda op: lambda n, o: _compare(op, o[0], o[1]))(op) for op in _COMPARE},
-    "where": lambda n, o: f"tl.where({o[0].b}, {o[1].b if n.outputs[0].type.dtype == DType.BOOL else o[1].f}, "
-                          f"{o[2].b if n.outputs[0].type.dtype == DType.BOOL else o[2].f})",
-    "gated_act": lambda n, o: f"({_act(n.attrs.activation, o[0].f)}) * {o[1].f}",
-    "bias_act": lambda n, o: _act(n.attrs.activation, f"({o[0].f} + {o[1].f})"),
-}
-
-
-def _clamp(node: Node, x: Operand) -> str:
-    out = x.f
-    if node.attrs.min is not None:
-        out = f"tl.maximum({out}, {float_literal(float(node.attrs.min))})"
-    if node.attrs.max is not None:
-        out = f"tl.minimum({out}, {float_literal(float(node.attrs.max))})"
-    return out
-
-
-def elementwise_fusible(node: Node, constants: dict[int, float | int]) -> bool:
-    """True when `node` has a template and its dtypes are ones a generated kernel computes.
-
-    `constants` maps id(value) -> the literal of a folded 0-d constant (pow needs its exponent there).
-    """
-    if node.op not in _TEMPLATES or len(node.outputs) != 1:
-        return False
-    out = node.outputs[0].type.dtype
-    if out not in FLOATS + (DType.BOOL,) or any(v.type.dtype == DType.F64 for v in node.inputs):
-        return False
-    if node.op in ("bitwise_and", "bitwise_or", "logical_not", "logical_and", "logical_or") or node.op in _COMPARE:
-        return out == DType.BOOL
-    if node.op == "cast":
-        return True
-    if node.op == "where":
-        return True
-    if node.op == "div" and node.attrs.rounding_mode is not None:
-        return False
-    if node.op == "pow":
-        e = constants.get(id(node.inputs[1]))
-        return out in FLOATS and e is not None and float(e) in _POW_EXPONENTS
-    if node.op in ("gated_act", "bias_act") and node.attrs.activation not in ACTIVATIONS:
-        return False
-    return out in FLOATS
-
-
-def row_reduction(node: Node) -> bool:
-    """True when `node` reduces the last dim of a float tensor (a generated row kernel computes it)."""
-    if node.op not in ROW_REDUCTIONS or not node.inputs or node.inputs[0].type.dtype not in FLOATS:
-        return False
-    rank = node.inputs[0].type.rank
-    if rank == 0:
-        return False
-    if node.op in ("softmax", "log_softmax"):
-        return node.attrs.dim % rank == rank - 1
-    return len(node.attrs.dims) == 1 and node.attrs.dims[0] % rank == rank - 1
-
-
-def constant_literal(node: Node) -> float | int | None:
-    """The value of a 0-d `full` a kernel can take as a literal (rounded to its dtype), else None."""
-    if node.op != "full" or node.attrs.shape != () or isinstance(node.attrs.value, (SymDim, bool)):
-        return None
-    dtype = node.attrs.dtype
-    if dtype in FLOATS:
-        return float(torch.tensor(float(node.attrs.value), dtype=dtype.torch).float())
-    if dtype in (DType.I64, DType.I32, DType.I16, DType.I8, DType.U8) and abs(int(node.attrs.value)) < 2**31:
-        return int(node.attrs.value)
-    return None
 
 
 # -- code generation -----------------------------------------------------------------------------
@@ -297,54 +112,21 @@ def helpers_source() -> str:
     return _HELPERS
 
 
-def _rounded(expr: str, dtype: DType) -> str:
-    """`expr` rounded to `dtype` and back to float32, as eager rounds each op's result."""
-    if dtype == DType.F16:
-        return f"({expr}).to(tl.float16).to(tl.float32)"
-    if dtype == DType.BF16:
-        return f"_glue_bf16({expr})"
-    return expr
-
-
 def _body(group: GlueGroup, nodes: Sequence[Node], names: dict[int, str], label: Callable[[Node], str], indent: str) -> list[str]:
     """Lines computing `nodes` (elementwise members of `group`) from the variables in `names`, which they extend."""
     lines = []
     index = {id(n): k for k, n in enumerate(group.nodes)}
     for node in nodes:
-        ops = [Operand("", v.type.dtype, _constant_in(group.constants[id(v)], node)) if id(v) in group.constants
-               else Operand(_operand_in(names[id(v)], v, node), v.type.dtype) for v in node.inputs]
+        ops = [Operand("", v.type.dtype, constant_in(group.constants[id(v)], node)) if id(v) in group.constants
+               else Operand(operand_in(names[id(v)], v, node), v.type.dtype) for v in node.inputs]
         out = node.outputs[0]
-        expr = _TEMPLATES[node.op](node, ops)
+        expr = TEMPLATES[node.op](node, ops)
         if out.type.dtype in FLOATS:
-            expr = _rounded(expr, out.type.dtype)
+            expr = rounded(expr, out.type.dtype)
         names[id(out)] = f"t{index[id(node)]}"
         lines.append(f"{indent}# {label(node)}")
         lines.append(f"{indent}{names[id(out)]} = {expr}")
     return lines
-
-
-def _constant_in(value: float | int, node: Node) -> float | int:
-    """A constant as `node` computes with it: torch casts every operand to the op's common dtype
-    first, so x_f16 * 0.3 (an f32 constant) multiplies by 0.3 rounded to f16."""
-    if not isinstance(value, float):
-        return value
-    common = _common_dtype(node)
-    return float(torch.tensor(value).to(common.torch).float()) if common in (DType.F16, DType.BF16) else value
-
-
-def _common_dtype(node: Node) -> DType | None:
-    """The dtype torch computes `node` in (its operands' result_type); None for a cast."""
-    if node.op == "cast":
-        return None
-    return promote(*(v.type for v in (node.inputs[1:] if node.op == "where" else node.inputs)))
-
-
-def _operand_in(text: str, v: Value, node: Node) -> str:
-    """A float operand wider than the op's common dtype (a 0-d f32 tensor with an f16 one) rounded to it first."""
-    common = _common_dtype(node)
-    if common in (DType.F16, DType.BF16) and v.type.dtype in FLOATS and v.type.dtype != common:
-        return _rounded(text, common)
-    return text
 
 
 def _needed(nodes: Sequence[Node], reads: Sequence[Value]) -> list[Node]:
@@ -488,7 +270,7 @@ def _row_source(name: str, group: GlueGroup, rank: int, label) -> str:
     op = tail.op
     if op in ("sum", "mean"):
         lines += ["    acc = tl.zeros([BLOCK], dtype=tl.float32)"] + first + [f"{in_loop}acc += tl.where(mask, {v}, 0.0)"]
-        lines.append("    res = " + _rounded("tl.sum(acc, 0)" + (" / N" if op == "mean" else ""), out_dtype))
+        lines.append("    res = " + rounded("tl.sum(acc, 0)" + (" / N" if op == "mean" else ""), out_dtype))
     elif op in ("amax", "amin"):
         init, comb = ('-float("inf")', "tl.maximum") if op == "amax" else ('float("inf")', "tl.minimum")
         lines += [f"    acc = tl.full([BLOCK], {init}, tl.float32)"] + first + [f"{in_loop}acc = {comb}(acc, tl.where(mask, {v}, {init}))"]
@@ -520,7 +302,7 @@ def _row_source(name: str, group: GlueGroup, rank: int, label) -> str:
             src = final_names[id(tail.inputs[0])]
             result = f"tl.exp({src} - m) / s" if op == "softmax" else f"{src} - m - tl.log(s)"
             final_names[id(tail.outputs[0])] = "soft"
-            final.append(f"{in_loop}soft = {_rounded(result, out_dtype)}")
+            final.append(f"{in_loop}soft = {rounded(result, out_dtype)}")
         final += _body(group, epilogue, final_names, label, in_loop)
         final += stores(([tail.outputs[0]] if softmax else []) + [n.outputs[0] for n in epilogue], final_names)
         lines += final

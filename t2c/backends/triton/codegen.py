@@ -24,7 +24,8 @@ from typing import Any
 from ...ir.core import Graph, Node, SymDim, Value
 from ...ir.ops import get_op
 from ...ir.printer import Namer, format_node
-from ...kernels.glue import float_literal, helpers_source, kernel_source
+from ...kernels.glue import helpers_source, kernel_source
+from ...kernels.glue_ops import float_literal
 from .fusion import plan_fusion
 from .handwritten import handwritten_kernel
 

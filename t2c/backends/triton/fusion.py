@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...ir.core import Graph, Node, dims_equal
-from ...kernels.glue import GlueGroup, allows_epilogue, constant_literal, elementwise_fusible, row_reduction
+from ...kernels.glue import GlueGroup, allows_epilogue
+from ...kernels.glue_ops import constant_literal, elementwise_fusible, row_reduction
 
 
 @dataclass
