@@ -175,12 +175,6 @@ def equal_dims(ep, divisors: dict[sympy.Symbol, int]) -> dict[sympy.Symbol, symp
     return out
 
 
-def pins_hold_from_one(ep) -> bool:
-    """Whether every guard `size == N` that some size breaks holds at size 1 (its bound can start there)."""
-    env = shape_env(ep)
-    return env is None or all(_holds(lhs, rhs, 1) for lhs, rhs in size_guards(env) if _breaking_probe(lhs, rhs, 0) is not None)
-
-
 def pinned_bounds(ep, symbols: dict[sympy.Symbol, sympy.Expr]) -> dict[str, int]:
     """{label: m} for each input dim (torch symbol -> its IR symbol in `symbols`) that a guard
     `size == N` pins: the guard holds for every size in [1, m] and fails at m + 1.

@@ -35,7 +35,7 @@ from ..ir.core import Dim, DType, Graph, SymDim, TensorType, Value, dim_from_sym
 from ..ir.verifier import types_match
 from . import hf
 from .loaders import LoadedModel, default_dynamic_dims
-from .guard_facts import equal_dims, guard_divisors, on_pinned_range, pin_breaking_sizes, pinned_bounds, pins_hold_from_one, shape_env
+from .guard_facts import equal_dims, guard_divisors, on_pinned_range, pin_breaking_sizes, pinned_bounds, shape_env
 from .aten_table import CONVERSIONS, IDENTITY_OPS, SCALAR_OPS, SKIPPED_OPS, SYMBOLIC_OPS
 from . import aten_data_dependent  # noqa: F401,E402  (registers its conversions in the same table)
 from . import aten_complex  # noqa: F401,E402  (complex tensors as pairs of reals; same table)
@@ -159,8 +159,8 @@ def _unpinned(ep, wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], d
     say one chunk (cumsum's says 1, the views' `(seq + pad) // chunk`), a program only valid for
     seq <= chunk while its range says [2, oo]. A guard `size == N` that a longer value of one
     dynamic dim breaks is such a pin: the examples are tiled to the shortest such value and
-    exported again, once. If that one fails or pins too, the pin is a bound (guard_facts.py):
-    the program kept is one whose pins hold from one token up.
+    exported again, once. If that one fails or pins too, the first program stays, and a pin of it
+    that holds from one token up is a bound (guard_facts.py).
     """
     longer = pin_breaking_sizes(ep, examples, dynamic_dims)
     if not longer:
@@ -169,12 +169,10 @@ def _unpinned(ep, wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], d
     if again is not None and not pin_breaking_sizes(again[0], again[1], dynamic_dims):
         return again[0]
     # The pin stays (a Python loop over chunks unrolls once per chunk of the example): the program
-    # is kept with the bound its guards imply (guard_facts.pinned_bounds), which must start at one
-    # token; an example of several chunks is traced again at two tokens, one chunk.
-    if pins_hold_from_one(ep):
-        return ep
-    short = _export_resized(wrapper, examples, dynamic_dims, {label: 2 for label in longer})
-    return short[0] if short is not None and pins_hold_from_one(short[0]) else ep
+    # is kept; if its pins hold from one token up, the bound they imply (guard_facts.pinned_bounds)
+    # becomes a constraint of the graph. (Tracing such a model again at one chunk when the example
+    # has several also re-traced MiniMax, whose lightning attention then narrowed seq to [2, 3].)
+    return ep
 
 
 def _export_resized(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]], sizes: dict[str, int]):

@@ -98,13 +98,14 @@ class ChunkLoop(nn.Module):
         return out.reshape(x.shape[0], -1, x.shape[-1])[:, :seq]
 
 
-@pytest.mark.parametrize("traced", [8, 40])  # one chunk, and three (traced again at one chunk)
-def test_python_chunk_loop_is_bounded_to_the_chunks_it_unrolled(traced):
+def test_python_chunk_loop_is_bounded_to_the_chunks_it_unrolled():
     """torch.export unrolls the loop once per chunk and guards `(seq + pad) // 16 == 1`: no length
     breaks that pin, so the program holds for seq <= 16 only, and says so as a constraint the
-    interpreter enforces; the padded length is 16 on that range, as torch's later shapes say."""
+    interpreter enforces; the padded length is 16 on that range, as torch's later shapes say.
+    (Traced at several chunks the pin holds on (32, 48] only, which a bound cannot say: the compile's
+    check of the traced IR against eager at its second shape refuses such a program.)"""
     m = ChunkLoop(16).eval()
-    g = trace(m, {"x": torch.randn(2, traced, 4)})
+    g = trace(m, {"x": torch.randn(2, 8, 4)})
     verify(g)
     assert g.constraint_lines() == ["seq <= 16"]
     for seq in (1, 7, 16):
