@@ -36,6 +36,11 @@ FIXED: list[str] = [
     "mpt",  # a Max in a size (ALiBi table sliced from max(0, 2048 - seq)) did not broadcast: decided by the traced range, `seq <= 2047` recorded
     "mamba2",  # chunked scan under `seq % 8 == 0`: arange(0, seq/8 + 1) inferred ceiling(seq/8)+1 (step 1: end - start); the sweep's second shape obeys constraints
     "bamba",  # chunked scan, fewer tokens than a chunk: torch pinned one chunk (traced again longer), `seq + Mod(-seq, 16)` folded to 16*ceiling(seq/16)
+    "jetmoe",  # experts' rows split by data-dependent sizes and concatenated: n0+n1+n2+n3 did not broadcast with batch*seq (the last size is the remainder)
+    "luke",  # entity_ids / entity_attention_mask shared `seq` with the words: their own length label, entity_seq
+    "reformer",  # chunks under torch's `seq % 4 == 0` guard, ids and mask traced apart: guard divisors and equal dims
+    "longt5",  # torch's solver failed wording its fixes (Dim.AUTO now), ids and mask traced apart though labelled alike (one dim now)
+    "fnet",  # complex64 FFT: one DFT matmul per transformed dim
 ]
 # How many of the fastest passing architectures of each kind the sweep's JSON contributes, and of those
 # that t2c compiles while torch.onnx.export does not (what t2c must keep winning).
