@@ -29,9 +29,10 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
+
+from _timing import make_timer  # benchmarks/gpu/_timing.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -57,18 +58,8 @@ def structures(window: int) -> dict:
 
 
 def time_ms(fn, smoke: bool) -> float:
-    """Median milliseconds of fn(): do_bench on the GPU, a few perf_counter runs in smoke mode."""
-    if smoke:
-        fn()
-        runs = []
-        for _ in range(3):
-            t = time.perf_counter()
-            fn()
-            runs.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(runs)
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+    """Median milliseconds of fn() (_timing.make_timer; short do_bench windows: many cases share the budget)."""
+    return make_timer(smoke, warmup_ms=10, rep_ms=40)(fn)
 
 
 _COMPILED_FLEX = []  # one torch.compile'd flex_attention for the whole run: after the second length it

@@ -57,10 +57,11 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import time
+
+from _timing import make_timer  # benchmarks/gpu/_timing.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -93,24 +94,6 @@ def token_ids(seq: int, vocab: int, device):
 
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, vocab, (1, seq), generator=g).to(device)
-
-
-def make_timer(smoke: bool):
-    """Median milliseconds of fn(): do_bench on a GPU, a wall clock (3 runs) in the interpreter."""
-    if not smoke:
-        import triton.testing
-
-        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-    def wall_clock(fn, runs=3):
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
-
-    return wall_clock
 
 
 def first_call_s(fn, sync) -> tuple[float, object]:

@@ -34,9 +34,10 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
+
+from _timing import make_timer  # benchmarks/gpu/_timing.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -65,24 +66,6 @@ def peak_bandwidth(device_name: str):
         if key in device_name:
             return peak, key
     return None, None
-
-
-def make_timer(smoke: bool):
-    """Median milliseconds of fn(): do_bench on a GPU, a wall clock in the interpreter."""
-    if not smoke:
-        import triton.testing
-
-        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-    def wall_clock(fn, runs=3):
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
-
-    return wall_clock
 
 
 def build_case(op: str, tokens: int, hidden: int, dtype, device):
