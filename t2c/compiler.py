@@ -226,6 +226,16 @@ def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: 
     checkpoint's dtype, the frontend's own exactness)."""
     records = []
     passes = options.pipeline.passes
+    traced_graph, fp32_runs = graph, {}
+
+    def compared(k: int, now, want) -> list[dict]:
+        # A half-precision output the tolerance refuses: FlashAttention's rule against the traced IR
+        # run in float32 (checked against eager before any pass), as for the artifact.
+        comparisons = compare_all(now, want)
+        if any(not c.ok and want[c.name].dtype in HALF_DTYPES for c in comparisons) and k not in fp32_runs:
+            fp32_runs[k] = run_graph(traced_graph, graph_inputs(traced_graph, shapes[k]), upcast=True)
+        return [c.as_json() for c in _half_judged(comparisons, now, want, fp32_runs.get(k))]
+
     previous, layers_before, _ = _run_ir(graph, shapes, bool(eager) and bool(passes) and not type(passes[0]).exact)
     traced = [
         {"shape": shape_label(inp), "outputs": [c.as_json() for c in compare_all(now, want)]}
@@ -247,12 +257,12 @@ def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: 
                 entry["worst_layers"] = worst_layers(entry["layers"])
             layers_before = layers_after
             entry["vs_eager"] = [
-                {"shape": shape_label(inp), "outputs": [c.as_json() for c in compare_all(now, want)]}
-                for inp, now, want in zip(shapes, current, eager)
+                {"shape": shape_label(inp), "outputs": compared(k, now, want)}
+                for k, (inp, now, want) in enumerate(zip(shapes, current, eager))
             ]
             entry["vs_previous"] = [
-                {"shape": shape_label(inp), "outputs": [c.as_json() for c in compare_all(now, before)]}
-                for inp, now, before in zip(shapes, current, previous)
+                {"shape": shape_label(inp), "outputs": compared(k, now, before)}
+                for k, (inp, now, before) in enumerate(zip(shapes, current, previous))
             ]
             previous = current
         records.append(entry)
@@ -350,11 +360,18 @@ def dtype_name(ir_name: str) -> str:
 def _half_by_fp32(graph: Graph, inp, got, want, comparisons: list[OutputComparison]) -> list[OutputComparison]:
     """Half-precision outputs the elementwise tolerance refuses, judged again by FlashAttention's rule
     against a float32 run of the IR (validate.judge_half_by_fp32); others unchanged."""
-    refused = [c.name for c in comparisons if not c.ok and want[c.name].dtype in HALF_DTYPES and got[c.name].shape == want[c.name].shape]
-    if not refused:
+    if all(c.ok or want[c.name].dtype not in HALF_DTYPES for c in comparisons):
         return comparisons
-    fp32 = run_graph(graph, inp, upcast=True)
-    return [judge_half_by_fp32(c, got[c.name], want[c.name], fp32[c.name]) if c.name in refused else c for c in comparisons]
+    return _half_judged(comparisons, got, want, run_graph(graph, inp, upcast=True))
+
+
+def _half_judged(comparisons: list[OutputComparison], got, want, fp32) -> list[OutputComparison]:
+    """Each refused half-precision comparison judged by validate.judge_half_by_fp32 against `fp32`."""
+    if fp32 is None:
+        return comparisons
+    return [judge_half_by_fp32(c, got[c.name], want[c.name], fp32[c.name])
+            if not c.ok and want[c.name].dtype in HALF_DTYPES and got[c.name].shape == want[c.name].shape else c
+            for c in comparisons]
 
 
 def _judge_traced(traced) -> tuple[bool, str]:
