@@ -20,12 +20,11 @@ Three implementations of the same model, same inputs, same run:
 
 t2c traces on the CPU at a short length (--trace-seq 64, a dynamic seq) and its module then
 runs on the GPU at every --seqs length. At full size t2c.compile skips its own validation
-unless --validate (the IR interpreter pass by pass on the CPU at the traced length): at hidden
-2048 in bfloat16 that validation refuses the artifact (1 layer, seq 64, Triton interpreter:
-logits max abs error 0.0586 vs the IR > atol 0.01; the logits reach 4.6 and t2c's error vs
-the float32 model, 0.047, is eager bfloat16's 0.042 again: the bar is tight, not the module
-wrong). The check here is the logits' max abs diff vs eager at each length (with eager's
-largest |logit| for scale). --smoke validates (it passes at that size).
+unless --validate (the IR interpreter pass by pass on the CPU at the traced length, which costs
+time the 8-minute script does not have; at hidden 2048 in bfloat16 it passes since half-precision
+outputs are judged by FlashAttention's rule: 1 layer, seq 64, Triton interpreter, logits 0.044
+from float32 against the interpreter's own 0.041). The check here is the logits' max abs diff vs
+eager at each length (with eager's largest |logit| for scale). --smoke validates.
 
 Timing: triton.testing.do_bench median (warmup, CUDA events, L2 flushed). Per row: ms of each,
 t2c/eager and t2c/torch.compile (below 1: t2c is faster), max abs diff of t2c's and
