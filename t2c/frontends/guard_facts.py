@@ -153,7 +153,7 @@ def equal_dims(ep, divisors: dict[sympy.Symbol, int]) -> dict[sympy.Symbol, symp
 
     Reformer's mask and ids are separate inputs; torch holds `mask_len // 4 == ids_len // 4` and
     both `% 4 == 0`, so they are one length, and its shapes mix the two. A guard `f(x) == f(y)`
-    (one function, strictly increasing on the sizes the divisors allow) says x == y.
+    (one function, strictly increasing on the multiples of W that both are held to) says x == y.
     """
     env = shape_env(ep)
     out: dict[sympy.Symbol, sympy.Symbol] = {}
@@ -164,7 +164,9 @@ def equal_dims(ep, divisors: dict[sympy.Symbol, int]) -> dict[sympy.Symbol, symp
         (x,), (y,) = (side.free_symbols for side in g.args)
         if x == y or y in out or not (isinstance(x, sympy.Symbol) and isinstance(y, sympy.Symbol)):
             continue
-        w = max(divisors.get(x, 1), divisors.get(y, 1))
+        w = divisors.get(x, 1)
+        if divisors.get(y, 1) != w:  # x % 4 == 0 with y free: y // 4 == x // 4 allows y = x + 1
+            continue
         try:
             fx = [int(g.args[0].xreplace({x: sympy.Integer(w * k)})) for k in range(1, 33)]
             fy = [int(g.args[1].xreplace({y: sympy.Integer(w * k)})) for k in range(1, 33)]
