@@ -18,10 +18,12 @@ model.onnx must match eager PyTorch (the library's eager experts loop) within
 1e-4 at two shapes, one so short that some experts receive no token (counted
 from the routing the experts modules receive).
 
-A family that cannot pass is listed in KNOWN_FAILURES with the error it must
-fail with and why; one that passes while listed fails the test, so the list
-stays true. `python tests/models/test_moe_families.py` prints the table the
-README quotes.
+An experts module the capture cannot describe (t2c.frontends.hf_experts) is left
+to the library and traced as plain ops; NOT_CAPTURED names the families where
+that is expected, with why. They are held to the same numerics, and to capturing
+exactly the modules the capture describes; a family that starts or stops being
+captured fails until the list says so. `python tests/models/test_moe_families.py`
+prints the table the README quotes.
 """
 
 from __future__ import annotations
@@ -36,13 +38,10 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import onnxruntime as ort
 import transformers
@@ -51,7 +50,7 @@ import onnx  # noqa: E402
 
 import t2c  # noqa: E402
 from t2c.backends import get_backend  # noqa: E402
-from t2c.frontends.aten_table import CONVERSIONS  # noqa: E402
+from t2c.frontends.hf_experts import captured_experts  # noqa: E402
 
 HF_TEST_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "data", "hf-test-configs")  # a copy of ../shared's, in the repo for CI
 PIPELINE = "-O1,sparsify-moe"
@@ -62,24 +61,9 @@ LONG_SHAPE = (2, 13)
 MAX_HIDDEN, MIN_EXPERTS, LAYERS = 256, 8, 2
 
 
-@dataclass(frozen=True)
-class Expected:
-    """A family that cannot pass yet: the error it must fail with, and why.
-
-    `op`: the ATen op with no conversion that stops it. While that op still has
-    no conversion and the eager forward still calls it, the expectation holds
-    without the (for SSM-style families, minutes-long) compile; once a
-    conversion exists, the family is compiled again and must then pass or
-    fail with `match`.
-    """
-
-    match: str
-    reason: str
-    op: Any = None
-
-
-KNOWN_FAILURES: dict[str, Expected] = {
-    "inkling2": Expected("0 experts ops for 2 experts modules", "its experts module is not captured as an experts op (the capture's probe does not confirm it); it compiles as plain ops"),
+# Families whose experts modules the capture cannot describe: they compile with the experts as plain ops.
+NOT_CAPTURED: dict[str, str] = {
+    "inkling2": "softcapped SwiGLU (cap * tanh(gate / cap) * sigmoid(gate) * cap' * tanh(up / cap')): the experts op has no softcap",
 }
 
 
@@ -351,9 +335,15 @@ def check_family(family: str, out_dir: str) -> dict:
 
     vocab = config.vocab_size
     ids = torch.randint(0, vocab, TRACE_SHAPE, generator=torch.Generator().manual_seed(SEED))
+    with captured_experts(model) as status:  # what the frontend will capture (it decides again while tracing)
+        captured = sum(v == "captured" for v in status.values())
+    if family in NOT_CAPTURED:
+        assert captured < len(modules), f"{family}: every experts module is captured now: remove it from NOT_CAPTURED"
+    else:
+        assert captured == len(modules), f"{family}: {len(modules) - captured} experts modules not captured: {status}"
     paths, graph = _artifacts(model, ids, out_dir, static=False)
     experts_ops = [n for n in graph.nodes if n.op == "experts"]
-    assert len(experts_ops) == len(modules), f"{family}: {len(experts_ops)} experts ops for {len(modules)} experts modules"
+    assert len(experts_ops) == captured, f"{family}: {len(experts_ops)} experts ops for {captured} captured experts modules"
     assert all(n.attrs.dispatch == "sparse" for n in experts_ops)
     ort_moe = sum(n.op_type == "MoE" for n in onnx.load(paths["ort"], load_external_data=False).graph.node)
 
@@ -383,27 +373,8 @@ def check_family(family: str, out_dir: str) -> dict:
             (got,) = session.run(["logits"], {"input_ids": ids.numpy()})
             err = (torch.from_numpy(got) - want).abs().max().item()
             assert err <= TOL, f"{family} ({flavor} flavor) logits at {shape}: max abs error {err:.3g} > {TOL}"
-    return {"source": source, "experts": n_experts[0], "moe_layers": len(modules), "short": short,
+    return {"source": source, "experts": n_experts[0], "moe_layers": len(modules), "captured": captured, "short": short,
             "idle": min(len(v) for v in idle.values()), "static": static, "ort_moe": ort_moe}
-
-
-class _OpRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: set = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func)
-        return func(*args, **(kwargs or {}))
-
-
-def eager_ops(family: str) -> set:
-    """The ATen ops the family's eager forward calls at the trace shape (a fraction of a second)."""
-    model, _ = build(family)
-    ids = torch.randint(0, model.config.vocab_size, TRACE_SHAPE, generator=torch.Generator().manual_seed(SEED))
-    with torch.no_grad(), _OpRecorder() as recorder:
-        model(input_ids=ids)
-    return recorder.ops
 
 
 # --- the tests -------------------------------------------------------------------------------------------------
@@ -421,51 +392,23 @@ def test_families_are_found():
     families = moe_families()
     assert len(families) >= 10, sorted(families)  # transformers 5.x: dozens; a broken enumeration finds none
     assert "mixtral" in families and "qwen3_moe" in families
-    stale = set(KNOWN_FAILURES) - set(families)
-    assert not stale, f"KNOWN_FAILURES names families the installed transformers does not have: {sorted(stale)}"
+    stale = set(NOT_CAPTURED) - set(families)
+    assert not stale, f"NOT_CAPTURED names families the installed transformers does not have: {sorted(stale)}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(set(moe_families()) - set(KNOWN_FAILURES)))
+@pytest.mark.parametrize("family", sorted(moe_families()))
 def test_family_compiles_and_matches_eager(family, tmp_path):
     check_family(family, str(tmp_path / family))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(KNOWN_FAILURES))
-def test_known_limitation_stops_where_documented(family, tmp_path):
-    """A family that cannot pass yet stops with the error README documents, not another one.
-
-    Not an xfail: this passes only while t2c refuses the family exactly as documented,
-    and fails (asking to move the family into the passing list) the day it compiles.
-    While the op still has no conversion and the eager forward calls it, one eager run
-    confirms the expectation without the minutes-long compile.
-    """
-    expected = KNOWN_FAILURES[family]
-    if expected.op is not None and expected.op not in CONVERSIONS:
-        assert expected.op in eager_ops(family), f"{family} no longer calls {expected.op}: re-check it and update KNOWN_FAILURES"
-        return
-    try:
-        check_family(family, str(tmp_path / family))
-    except Exception as e:  # noqa: BLE001 - the expectation names the error
-        message = f"{type(e).__name__}: {e}"
-        assert re.search(expected.match, message), f"{family} failed differently than expected ({expected.reason}): {message}"
-        return
-    pytest.fail(f"{family} now passes: remove it from KNOWN_FAILURES ({expected.reason})")
-
-
-if __name__ == "__main__":  # the README's table; `--full` compiles the known failures too
+if __name__ == "__main__":  # the README's table
     torch.set_num_threads(1)
-    args = [a for a in sys.argv[1:] if a != "--full"]
-    selected = args[0].split(",") if args else sorted(moe_families())
+    selected = sys.argv[1].split(",") if len(sys.argv) > 1 else sorted(moe_families())
     for fam in selected:
         t0 = time.perf_counter()
-        expected = KNOWN_FAILURES.get(fam)
         try:
-            if expected and expected.op is not None and "--full" not in sys.argv and expected.op not in CONVERSIONS and expected.op in eager_ops(fam):
-                result = f"fail  (expected) {expected.match}: {expected.reason}"
-            else:
-                result = f"pass  {check_family(fam, tempfile.mkdtemp(prefix=f'moe-{fam}-'))}"
+            result = f"pass  {check_family(fam, tempfile.mkdtemp(prefix=f'moe-{fam}-'))}"
         except Exception as e:  # noqa: BLE001
             result = f"FAIL  {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         print(f"{fam:18s} {time.perf_counter() - t0:5.1f}s {result}", flush=True)
