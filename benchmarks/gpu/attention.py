@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
 import sys
 import time
 
-from _timing import make_timer  # benchmarks/gpu/_timing.py (the script's folder is on sys.path)
+from _bench import cuda_device, make_timer, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -58,7 +57,7 @@ def structures(window: int) -> dict:
 
 
 def time_ms(fn, smoke: bool) -> float:
-    """Median milliseconds of fn() (_timing.make_timer; short do_bench windows: many cases share the budget)."""
+    """Median milliseconds of fn() (_bench.make_timer; short do_bench windows: many cases share the budget)."""
     return make_timer(smoke, warmup_ms=10, rep_ms=40)(fn)
 
 
@@ -159,10 +158,10 @@ def main() -> int:
     if args.smoke:
         device, dtype, device_name = "cpu", torch.float32, f"cpu ({platform.processor() or platform.machine()}), TRITON_INTERPRET=1"
     else:
-        if not torch.cuda.is_available():
-            print("benchmarks/gpu/attention.py needs a CUDA GPU (--smoke runs tiny sizes on the CPU)", file=sys.stderr)
-            return 2
-        device, dtype, device_name = "cuda", torch.bfloat16, torch.cuda.get_device_name()
+        device_name = cuda_device("attention.py")
+        if device_name is None:
+            return 1
+        device, dtype = "cuda", torch.bfloat16
     seqs = args.seqs or (SMOKE_SEQS if args.smoke else FULL_SEQS)
     head_dims = args.head_dims or (SMOKE_HEAD_DIMS if args.smoke else FULL_HEAD_DIMS)
     window = SMOKE_WINDOW if args.smoke else WINDOW
@@ -196,9 +195,7 @@ def main() -> int:
                 "window = causal sliding window of `window` keys (query i sees i-window+1..i)",
         "window": window, "rows": rows, "left_out": left_out,
     }
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=2, default=str)
-    print(f"\nwrote {path}  ({doc['run_s']:.0f} s)")
+    write_json(path, doc)
     return 0
 
 

@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 
-from _timing import make_timer  # benchmarks/gpu/_timing.py (the script's folder is on sys.path)
+from _bench import cuda_device, ints, make_timer, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -177,10 +177,6 @@ def print_table(rows: list[dict]) -> None:
               f"{_cell(r, 't2c', 'first_call_s', '.1f'):>9} {_cell(r, 'torch_compile', 'first_call_s', '.1f'):>13}")
 
 
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, default=8, help="decoder layers (default 8; smoke: 2)")
@@ -196,7 +192,7 @@ def main() -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
         layers, seqs, trace_seq, config = 2, [16], 8, SMOKE_CONFIG
     else:
-        layers, seqs, trace_seq, config = args.layers, _ints(args.seqs), args.trace_seq, FULL_CONFIG
+        layers, seqs, trace_seq, config = args.layers, ints(args.seqs), args.trace_seq, FULL_CONFIG
 
     sys.path.insert(0, ROOT)
     import torch
@@ -207,11 +203,10 @@ def main() -> int:
 
     if args.smoke:
         device, device_name = "cpu", "cpu (Triton interpreter)"
-    elif not torch.cuda.is_available():
-        print("benchmarks/gpu/model_prefill.py needs a CUDA GPU (run --smoke on the CPU)", file=sys.stderr)
-        return 1
     else:
-        device, device_name = "cuda", torch.cuda.get_device_name()
+        device, device_name = "cuda", cuda_device("model_prefill.py")
+        if device_name is None:
+            return 1
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     timer = make_timer(args.smoke)
     versions = {"torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
@@ -275,9 +270,7 @@ def main() -> int:
         "timing": "wall clock, 3 runs (interpreter)" if args.smoke else "triton.testing.do_bench median (warmup 25 ms, rep 100 ms)",
         "run_s": round(time.perf_counter() - t_run, 1), "rows": rows, "left_out": left_out,
     }
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=2, default=str)
-    print(f"wrote {path}  ({doc['run_s']:.0f} s)")
+    write_json(path, doc)
     return 0
 
 

@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
 import sys
-import time
 
-from _timing import make_timer  # benchmarks/gpu/_timing.py (the script's folder is on sys.path)
+from _bench import cuda_device, ints, make_timer, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -132,10 +130,6 @@ def copy_bandwidth(timer, device, elements: int) -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t]
-
-
 def _pct(v) -> str:
     return f"{100 * v:5.1f}%" if v is not None else f"{'-':>6s}"
 
@@ -155,7 +149,7 @@ def main() -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
         hiddens, token_counts = [48, 100], [7]
     else:
-        hiddens, token_counts = _ints(args.hidden), _ints(args.tokens)
+        hiddens, token_counts = ints(args.hidden), ints(args.tokens)
 
     sys.path.insert(0, ROOT)
     import torch
@@ -163,11 +157,10 @@ def main() -> int:
 
     if args.smoke:
         device, device_name = "cpu", "cpu (Triton interpreter)"
-    elif not torch.cuda.is_available():
-        print("benchmarks/gpu/norm.py needs a CUDA GPU (run --smoke on the CPU)", file=sys.stderr)
-        return 2
     else:
-        device, device_name = "cuda", torch.cuda.get_device_name()
+        device, device_name = "cuda", cuda_device("norm.py")
+        if device_name is None:
+            return 1
     timer = make_timer(args.smoke)
     peak, peak_entry = peak_bandwidth(device_name)
     copy_bps = copy_bandwidth(timer, device, 1 << 14 if args.smoke else 1 << 28)
@@ -215,9 +208,7 @@ def main() -> int:
         "timing": "wall clock, 3 runs (interpreter)" if args.smoke else "triton.testing.do_bench median",
         "cases": cases,
     }
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=2)
-    print(f"wrote {path}")
+    write_json(path, doc)
     return 0
 
 

@@ -20,7 +20,7 @@ unset TRITON_INTERPRET  # compiled kernels on the GPU, never the interpreter
 
 deadline=$((SECONDS + TOTAL_S))
 failed=()
-for script in benchmarks/gpu/[!_]*.py; do  # _*.py are helper modules
+for script in benchmarks/gpu/[!_]*.py; do  # _*.py are helper modules (_bench.py)
     name=$(basename "$script" .py)
     limit=${LIMIT_S[$name]:-$DEFAULT_S}
     left=$((deadline - SECONDS))
