@@ -34,7 +34,7 @@ def test_norm_benchmark_smoke_writes_json(tmp_path):
 
 
 def test_peak_table_matches_device_names(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks", "gpu"))  # as when run as a script: its _timing helper
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks", "gpu"))  # as when run as a script: its _bench helper
     spec = importlib.util.spec_from_file_location("gpu_norm_benchmark", os.path.join(ROOT, "benchmarks", "gpu", "norm.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # imports nothing heavy at module level
