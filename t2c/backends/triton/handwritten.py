@@ -20,6 +20,10 @@ KERNELS = {
     "layer_norm": ("t2c.kernels.norm", "layer_norm"),
     "rms_norm": ("t2c.kernels.norm", "rms_norm"),
     "add_norm": ("t2c.kernels.norm", "add_norm"),
+    "linear_attention": ("t2c.kernels.linear_attention", "linear_attention"),
+    "qlinear": ("t2c.kernels.int8_gemm", "qlinear"),
+    "experts": ("t2c.kernels.moe", "experts"),
+    "qexperts": ("t2c.kernels.moe", "qexperts"),
 }
 
 
