@@ -18,7 +18,8 @@ Kernels, the keys cut into chunks of CHUNK positions (the last one partial, mask
 
     1. _chunk_states   per (batch, KV head, chunk, Dv tile):  S_c = phi(K_c)^T V_c,
                        z_c = phi(K_c)^T 1 (one dot each), into a float32 buffer
-    2. _chunk_prefix   per (batch, KV head, slice of the state): walks the chunks in order;
+    2. _chunk_prefix   per (batch, KV head, slice of the state): walks the chunks in order,
+                       PREFIX_CHUNKS at a time (a scan within, a running sum across);
                        causal: S_c <- S_0 + ... + S_{c-1} in place (exclusive prefix);
                        non-causal: the total, once
     3. _chunk_outputs  per (batch, query head, chunk of queries, Dv tile):
@@ -69,8 +70,10 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 CHUNK = 16 if INTERPRETING else 64
 # Widest Dv tile one program holds: a [D_pad, 64] float32 state in registers.
 MAX_DV_TILE = 64
-# State elements one prefix program sums (a slice of the flattened [D_pad, Dv_pad] state).
-PREFIX_BLOCK = 1024
+# The prefix programs' tile: PREFIX_CHUNKS chunks (a step) x PREFIX_BLOCK state elements (a
+# slice of the flattened [D_pad, Dv_pad] state), both powers of two.
+PREFIX_CHUNKS = 16
+PREFIX_BLOCK = 256
 
 # The interpreter runs every config it is given: one there.
 _AUTOTUNE_CONFIGS = (
@@ -144,22 +147,28 @@ def _chunk_states(k_ptr, v_ptr, s_ptr, z_ptr,
 
 
 @triton.jit
-def _chunk_prefix(x_ptr, total_ptr, n_chunks, E, TOTAL: tl.constexpr, BLOCK_E: tl.constexpr):
+def _chunk_prefix(x_ptr, total_ptr, n_chunks, E, TOTAL: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_E: tl.constexpr):
     """x [G, n_chunks, E]: one program sums BLOCK_E elements of one group's states over the chunks,
-    in order. TOTAL: the sum goes to total [G, E]; else x becomes its exclusive prefix, in place."""
+    in order, BLOCK_C chunks a step (a scan inside the step, a running sum across steps, so the
+    sequential chain is n_chunks / BLOCK_C loads long). TOTAL: the sum goes to total [G, E];
+    else x becomes its exclusive prefix, in place."""
     g = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    ok = offs < E
+    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    e_ok = offs_e < E
+    offs_c = tl.arange(0, BLOCK_C)
     run = tl.zeros([BLOCK_E], tl.float32)
-    base = x_ptr + g * n_chunks * E + offs
-    for c in range(0, n_chunks):
-        ptrs = base + c * E
+    base = x_ptr + g * n_chunks * E
+    for c0 in range(0, n_chunks, BLOCK_C):
+        chunks = c0 + offs_c
+        ok = (chunks < n_chunks)[:, None] & e_ok[None, :]
+        ptrs = base + chunks.to(tl.int64)[:, None] * E + offs_e[None, :]
         x = tl.load(ptrs, mask=ok, other=0.0)
         if not TOTAL:
-            tl.store(ptrs, run, mask=ok)
-        run += x
+            tl.store(ptrs, run[None, :] + tl.cumsum(x, 0) - x, mask=ok)
+        run += tl.sum(x, 0)
     if TOTAL:
-        tl.store(total_ptr + g * E + offs, run, mask=ok)
+        tl.store(total_ptr + g * E + offs_e, run, mask=e_ok)
 
 
 @triton.autotune(configs=_AUTOTUNE_CONFIGS, key=["HEAD_D", "HEAD_DV", "BLOCK_D", "DV_TILE", "CHUNK", "CAUSAL"])
@@ -304,8 +313,8 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attrs
     for x, total in ((states, s_read), (zs, z_read)):
         e = x.numel() // (groups * n_chunks)
         _chunk_prefix[(groups, triton.cdiv(e, PREFIX_BLOCK))](
-            x, total, n_chunks, e, TOTAL=not causal, BLOCK_E=min(PREFIX_BLOCK, triton.next_power_of_2(e)),
-            num_warps=4)
+            x, total, n_chunks, e, TOTAL=not causal, BLOCK_C=PREFIX_CHUNKS,
+            BLOCK_E=min(PREFIX_BLOCK, triton.next_power_of_2(e)), num_warps=4)
 
     n_q_chunks = triton.cdiv(sq, chunk)
     _chunk_outputs[(bsz * hq * n_q_chunks, n_tiles)](

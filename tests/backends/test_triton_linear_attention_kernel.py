@@ -79,6 +79,14 @@ def test_sequences_shorter_than_or_a_multiple_of_the_chunk(s):
         _check(LinearAttentionAttrs(causal=causal, kv_heads=1), q, k, v)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_more_chunks_than_one_prefix_step(causal):
+    """290 positions: 19 chunks, so the prefix scan takes two steps of PREFIX_CHUNKS (the second partial)."""
+    assert la.PREFIX_CHUNKS < 19 < 2 * la.PREFIX_CHUNKS
+    q, k, v = _qkv(b=1, hq=2, hkv=1, s=290, d=16, dtype=FP32, seed=11)
+    _check(LinearAttentionAttrs(causal=causal, kv_heads=1), q, k, v)
+
+
 def test_non_causal_with_fewer_queries_than_keys():
     q, k, v = _qkv(b=2, hq=4, hkv=2, s=5, sk=40, d=16, dv=12, dtype=FP32, seed=5)
     _check(LinearAttentionAttrs(causal=False, kv_heads=2), q, k, v)
