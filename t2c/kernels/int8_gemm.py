@@ -70,7 +70,7 @@ ACTIVATIONS = ("none", "relu", "silu")
 MAX_W8A8_K = (2**31 - 1) // (QMAX * QMAX)  # 133143: the largest K whose int32 sum cannot overflow
 SMALL_M = 16  # decode: at most this many tokens take the small-M configs
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-ROUND_MAGIC = 12582912.0  # 1.5 * 2^23: v + it has an ulp of 1, so (v + it) - it is v rounded half to even
+ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: v + it has an ulp of 1, so (v + it) - it is v rounded half to even
 
 # The interpreter runs every config it is given: one small tile there.
 INTERPRETER_CONFIG = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
@@ -82,34 +82,40 @@ def _cfg(bm, bn, bk, warps, stages, group_m=8):
 
 
 # Decode: few tokens, the weight read once; narrow N tiles give enough programs to use every SM
-# (N = 4096 in tiles of 32 is 128 programs), long K tiles keep each load wide.
-GPU_SMALL_M_CONFIGS = [
-    _cfg(16, 32, 256, 4, 4), _cfg(16, 64, 256, 4, 4), _cfg(16, 32, 512, 4, 3), _cfg(16, 64, 128, 4, 5),
-    _cfg(16, 128, 128, 4, 4), _cfg(16, 16, 512, 2, 4),
-]
-# Prefill: compute bound; int8 tiles take BLOCK_K 128 (the same bytes as bf16's 64).
+# (N = 4096 in tiles of 32 is 128 programs), long K tiles keep each load wide. Few configs: every
+# one is compiled when a key is first tuned (benchmarks/gpu/int8_gemm.py must finish in 50 s).
+GPU_SMALL_M_CONFIGS = [_cfg(16, 32, 256, 4, 4), _cfg(16, 64, 256, 4, 4), _cfg(16, 32, 512, 4, 3), _cfg(16, 128, 128, 4, 4)]
+# Prefill: compute bound. int8 x int8 takes BLOCK_K 128 (the bytes of bf16's 64); float
+# activations take BLOCK_K 64 (the int8 weight is widened in registers).
 GPU_LARGE_M_CONFIGS = [
-    _cfg(128, 256, 128, 8, 3), _cfg(128, 128, 128, 8, 4), _cfg(256, 128, 128, 8, 3), _cfg(128, 128, 64, 4, 4),
-    _cfg(64, 128, 64, 4, 4), _cfg(64, 64, 64, 4, 3), _cfg(32, 64, 64, 4, 4),
+    _cfg(128, 256, 128, 8, 3), _cfg(256, 128, 128, 8, 3), _cfg(128, 128, 128, 8, 4),  # int8 activations
+    _cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 4, 4), _cfg(64, 128, 64, 4, 4),  # float activations
 ]
+
+
+def _per_group_stages(configs, args):
+    """Per group, the [BLOCK_K, BLOCK_N] float32 scale tile is pipelined too: two stages keep it in shared memory."""
+    if not args["PER_GROUP"]:
+        return configs
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=min(c.num_stages, 2)) for c in configs]
 
 
 def _prune_large(configs, named_args, **kwargs):
-    """Float activations take twice (fp16/bf16) or four times (fp32) int8's shared memory per tile:
-    drop the int8-sized K tiles for them, and the big tiles for float32."""
+    """int8 tiles for W8A8, float tiles otherwise, and no 128 x 256 tile for float32 x (shared memory)."""
     args = {**named_args, **kwargs}
     if args["W8A8"]:
-        return configs
+        return [c for c in configs if c.kwargs["BLOCK_K"] == 128]
     fp32 = args["X"].dtype == torch.float32
-    kept = [c for c in configs if c.kwargs["BLOCK_K"] <= 64 and not (fp32 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128)]
-    return kept or configs[-1:]
+    kept = [c for c in configs if c.kwargs["BLOCK_K"] == 64 and not (fp32 and c.kwargs["BLOCK_N"] == 256)]
+    return _per_group_stages(kept, args)
 
 
 def _prune_small(configs, named_args, **kwargs):
+    """float32 x: no 512-long K tile (16 x 512 x 4 bytes a stage)."""
     args = {**named_args, **kwargs}
-    if args["X"].dtype != torch.float32 or args["W8A8"]:
-        return configs
-    return [c for c in configs if c.kwargs["BLOCK_K"] <= 256]
+    if args["X"].dtype == torch.float32 and not args["W8A8"]:
+        configs = [c for c in configs if c.kwargs["BLOCK_K"] <= 256]
+    return _per_group_stages(configs, args)
 
 
 @triton.jit
@@ -138,12 +144,13 @@ def _quantize_rows_kernel(X, XQ, SX, K, BLOCK_K: tl.constexpr):
         cols = start + offs
         mask = cols < K
         v = tl.math.div_rn(tl.load(X + row + cols, mask=mask, other=0.0), sx)
-        r = (v + 12582912.0) - 12582912.0  # ROUND_MAGIC: round half to even, exact IEEE adds
+        r = (v + ROUND_MAGIC) - ROUND_MAGIC  # round half to even: two exact-rounding IEEE adds
         r = tl.minimum(tl.maximum(r, -127.0), 127.0)
         tl.store(XQ + row + cols, r.to(tl.int8), mask=mask)
 
 
-@triton.jit
+# M and its bucket are not specialised on: decode's M = 1 and M = 16 share one compiled kernel per config.
+@triton.jit(do_not_specialize=["M", "M_KEY"])
 def _qlinear_kernel(
     X, W, S, B, SX, Y,  # x [M, K] (float, or int8 xq for W8A8), weight i8 [N, K], scale, bias [N], sx [M], y [M, N]
     M, N, K, GROUP, NUM_GROUPS, M_KEY,  # M_KEY: the autotuning bucket of M (unused in the body)
