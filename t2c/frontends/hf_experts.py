@@ -17,7 +17,8 @@ for a call of `t2c::experts`. A module we cannot describe (a new activation, a
 post-expert norm, quantized weights) is left alone and traced through the
 library's batched_mm implementation, which exports. Nothing here looks at
 source text, so a family added next month that uses the decorator is captured
-unchanged.
+unchanged. Experts modules written without the decorator but called the same way
+are described by a search over their weights (experts_search.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch import nn
 
 from ..ir.opdefs.experts import ExpertsAttrs, experts_reference
 from .custom_ops import experts_op
+from .experts_search import has_experts_call, search
 
 PROBE_TOKENS = 7
 PROBE_TOLERANCE = 1e-4  # relative to the probe output's magnitude: a description must compute the same function
@@ -110,10 +112,10 @@ def _experts_call(module: nn.Module, *args, **kwargs) -> tuple[torch.Tensor, tor
     return values[0], values[1], values[2]
 
 
-def _captured_forward(module: nn.Module, attrs: ExpertsAttrs):
+def _captured_forward(module: nn.Module, attrs: ExpertsAttrs, weights_of=_weights):
     def forward(*args, **kwargs):
         hidden, index, weights = _experts_call(module, *args, **kwargs)
-        up, down, up_b, down_b = _weights(module)
+        up, down, up_b, down_b = weights_of(module)
         flat = hidden.dim() != 2  # every family passes [T, H] today; anything else is flattened for the op
         x = hidden.reshape(-1, hidden.shape[-1]) if flat else hidden
         if flat:
@@ -123,6 +125,14 @@ def _captured_forward(module: nn.Module, attrs: ExpertsAttrs):
         return out.reshape(hidden.shape) if flat else out
 
     return forward
+
+
+# The weights a search found, rearranged into the op's layout, live on the module as these buffers while it is traced.
+SEARCHED_UP, SEARCHED_DOWN = "_t2c_experts_w_up", "_t2c_experts_w_down"
+
+
+def _searched_weights(m: nn.Module) -> tuple:
+    return getattr(m, SEARCHED_UP), getattr(m, SEARCHED_DOWN), None, None
 
 
 def _probe_agrees(m: nn.Module, attrs: ExpertsAttrs) -> bool:
@@ -179,7 +189,18 @@ def captured_experts(model: nn.Module) -> Iterator[dict[str, str]]:
     status: dict[str, str] = {}
     swapped: list[nn.Module] = []
     found = [(path, m) for path, m in model.named_modules() if is_experts_module(m)]
+    undecorated = [(path, m) for path, m in model.named_modules() if not is_experts_module(m) and has_experts_call(m)]
     try:
+        for path, m in undecorated:
+            described = search(m)
+            if described is None:
+                status[path] = "no reading of its weights reproduces it (experts_search.py)"
+                continue
+            m.register_buffer(SEARCHED_UP, described.w_up, persistent=False)
+            m.register_buffer(SEARCHED_DOWN, described.w_down, persistent=False)
+            m.forward = _captured_forward(m, described.attrs, _searched_weights)
+            swapped.append(m)
+            status[path] = "captured"
         with _experts_implementation([m for _, m in found], "eager"):  # the probe compares with the library's reference loop
             for path, m in found:
                 attrs = describe(m)
@@ -197,3 +218,5 @@ def captured_experts(model: nn.Module) -> Iterator[dict[str, str]]:
     finally:
         for m in swapped:
             del m.forward
+            for name in (SEARCHED_UP, SEARCHED_DOWN):
+                m._buffers.pop(name, None)

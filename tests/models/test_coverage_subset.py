@@ -41,6 +41,7 @@ FIXED: list[str] = [
     "reformer",  # chunks under torch's `seq % 4 == 0` guard, ids and mask traced apart: guard divisors and equal dims
     "longt5",  # torch's solver failed wording its fixes (Dim.AUTO now), ids and mask traced apart though labelled alike (one dim now)
     "fnet",  # complex64 FFT: one DFT matmul per transformed dim
+    "dbrx",  # experts loop over the experts the routing hit (data-dependent guard): undecorated experts described by search
 ]
 # How many of the fastest passing architectures of each kind the sweep's JSON contributes, and of those
 # that t2c compiles while torch.onnx.export does not (what t2c must keep winning).
