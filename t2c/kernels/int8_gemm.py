@@ -70,6 +70,8 @@ ACTIVATIONS = ("none", "relu", "silu")
 MAX_W8A8_K = (2**31 - 1) // (QMAX * QMAX)  # 133143: the largest K whose int32 sum cannot overflow
 SMALL_M = 16  # decode: at most this many tokens take the small-M configs
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# No FMA contraction: `(acc * scale) * sx + bias` rounds after every operation, as the reference does.
+LAUNCH_OPTIONS = {"enable_fp_fusion": False}
 ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: v + it has an ulp of 1, so (v + it) - it is v rounded half to even
 
 # The interpreter runs every config it is given: one small tile there.
@@ -250,7 +252,7 @@ def quantize_tokens(x: torch.Tensor, block_k: Optional[int] = None) -> tuple[tor
     if m and k:
         block = block_k or min(triton.next_power_of_2(k), 4096)
         _quantize_rows_kernel[(m,)](x, xq, sx, k, BLOCK_K=block, num_warps=4 if block <= 1024 else 8,
-                                    enable_fp_fusion=False)
+                                    **LAUNCH_OPTIONS)
     elif m:
         sx.fill_(TINY / QMAX)  # no features: the row's amax is the floor
     return xq, sx
@@ -309,6 +311,6 @@ def qlinear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: Op
         W8A8=w8a8, PER_GROUP=bool(group), HAS_BIAS=bias is not None, ACT=activation,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         UPCAST=INTERPRETING and x.dtype != torch.float32,
-        enable_fp_fusion=False,
+        **LAUNCH_OPTIONS,
     )
     return y.reshape(*lead, n)

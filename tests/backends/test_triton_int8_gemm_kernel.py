@@ -13,6 +13,9 @@ M from 1 to 70, N = 45 and K = 70 or 96 cut every tile edge (and 70 leaves a par
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -127,6 +130,51 @@ def test_weight_only_scale_is_applied_per_channel_and_per_group():
     for group, s in ((0, torch.arange(1, 34, dtype=torch.float32)), (16, torch.arange(1, 133, dtype=torch.float32).reshape(33, 4))):
         attrs = QLinearAttrs("weight_only", group)
         assert_2x_pytorch(x, q, s, None, attrs, int8_gemm.qlinear(x, q, s, attrs=attrs))
+
+
+# the GPU code path, compiled for sm_90 without a GPU ---------------------------------------
+
+SM90_SCRIPT = """
+import json, os
+os.environ.pop("TRITON_INTERPRET", None)  # the real JIT, before triton is imported
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from t2c.kernels import int8_gemm as G
+
+def ptx(fn, signature, constexprs, config):
+    sig = dict(signature, **{k: "constexpr" for k in constexprs})
+    src = ASTSource(fn=fn, signature=sig, constexprs={(list(sig).index(k),): v for k, v in constexprs.items()})
+    options = dict(G.LAUNCH_OPTIONS, num_warps=config.num_warps, num_stages=config.num_stages)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+gemm = {"X": "*i8", "W": "*i8", "S": "*fp32", "B": "*fp32", "SX": "*fp32", "Y": "*fp32",
+        "M": "i32", "N": "i32", "K": "i32", "GROUP": "i32", "NUM_GROUPS": "i32", "M_KEY": "i32"}
+flags = dict(W8A8=True, PER_GROUP=False, HAS_BIAS=True, ACT="none", DOT_PRECISION="ieee", UPCAST=False)
+big = G.GPU_LARGE_M_CONFIGS[2]
+w8a8 = ptx(G._qlinear_kernel, gemm, dict(flags, **big.kwargs), big)
+small = G.GPU_SMALL_M_CONFIGS[0]
+bf16 = dict(gemm, X="*bf16", B="*bf16", Y="*bf16")
+wo = ptx(G._qlinear_kernel, bf16, dict(flags, W8A8=False, DOT_PRECISION="tf32", **small.kwargs), small)
+quant = ptx(G._quantize_rows_kernel, {"X": "*fp32", "XQ": "*i8", "SX": "*fp32", "K": "i32"}, {"BLOCK_K": 1024}, small)
+print(json.dumps({"w8a8": w8a8, "weight_only": wo, "quantize": quant}))
+"""
+
+
+def test_gpu_code_compiles_for_sm90_with_the_ieee_steps_kept():
+    """What the interpreter cannot show: on NVIDIA hardware the W8A8 product runs on int8 tensor cores
+    and no float step is contracted or approximated (Triton's `/` and its default FMA fusion would be)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ptx = json.loads(proc.stdout)
+    assert ".s32.s8.s8" in ptx["w8a8"] and "cvt.rn.f32.s32" in ptx["w8a8"]  # wgmma int8 -> int32, then round to nearest
+    assert "fma.rn.f32" not in ptx["w8a8"] and ptx["w8a8"].count("mul.rn.f32") > 0  # (acc * scale) * sx + bias
+    assert ".bf16" in ptx["weight_only"] and "mma" in ptx["weight_only"]
+    q = ptx["quantize"]
+    assert "div.rn.f32" in q and "div.full" not in q and "div.approx" not in q and "fma" not in q
+    assert "0f4B400000" in q and "0fCB400000" in q  # + 1.5 * 2^23, - 1.5 * 2^23: round half to even
 
 
 # what it refuses ------------------------------------------------------------------------------
