@@ -14,27 +14,30 @@ Layouts: x [..., K] (leading dims flattened to M rows, made contiguous), weight 
 `group` consecutive input features, weight_only only), bias [N] in x's dtype. Any M, N, K:
 tiles are masked at the edges.
 
-Kernels. W8A8 runs two: `_quantize_rows_kernel` (one program per token, two passes over the row:
-amax, then x / sx rounded to int8; writes xq int8 [M, K] and sx float32 [M]) and the GEMM,
-`_qlinear_kernel`, whose K loop feeds int8 tiles to tl.dot with an int32 accumulator and whose
-epilogue applies the scales in the reference's order, then the bias. Every float step is one
+Kernels. W8A8 runs two (`quantize_tokens` and `w8a8_gemm` launch each alone):
+`_quantize_rows_kernel` (one program per token, two passes over the row: amax, then x / sx
+rounded to int8; writes xq int8 [M, K] and sx float32 [M]) and the GEMM, `_qlinear_kernel`,
+whose K loop feeds int8 tiles to tl.dot with an int32 accumulator and whose epilogue applies
+the scales in the reference's order, then the bias. Every float step is one correctly rounded
 IEEE operation, so the result is bit-identical to the reference in float32 (the tests check
-torch.equal): divisions are tl.math.div_rn (Triton's `/` is approximate on NVIDIA GPUs),
-round-half-to-even is (v + 1.5 * 2^23) - 1.5 * 2^23 (exact for |v| < 2^22; |x / sx| <= 127
-here; the same IEEE adds under the interpreter and on any GPU, where libdevice is not
-available to the interpreter), float32(acc) is a round-to-nearest conversion like the
-reference's int -> float32, and the kernels are launched with enable_fp_fusion=False so that
-`(acc * scale) * sx + bias` is never contracted into an FMA (one rounding fewer than the
-reference). acc is exact in int32 while 127 * 127 * K < 2^31: K <= MAX_W8A8_K.
+torch.equal, and check the sm_90 PTX for the steps below): divisions are tl.math.div_rn
+(Triton's `/` is approximate on NVIDIA GPUs); round half to even is (v + 1.5 * 2^23) - 1.5 * 2^23,
+exact for |v| < 2^22 (|x / sx| <= 127 here), the same two adds under the interpreter (which has
+no libdevice rint) and on a GPU; float32(acc) is a round-to-nearest conversion like the
+reference's int -> float32; and the kernels are launched with LAUNCH_OPTIONS
+(enable_fp_fusion=False) so that `(acc * scale) * sx + bias` is never contracted into an FMA
+(one rounding fewer than the reference). acc is exact in int32 while 127 * 127 * K < 2^31:
+K <= MAX_W8A8_K.
 
 Weight-only runs the GEMM alone: the int8 tile is converted to x's dtype in the K loop (exact:
 |w| <= 127 fits fp16's and bf16's mantissas) and multiplied on the tensor cores with float32
 accumulation; the per-channel scale multiplies the float32 accumulator in the epilogue
 (one rounding per output, fewer than the reference, which rounds every dequantised weight to
 x's dtype). Per group, the weight is dequantised in the loop as the reference does it,
-float32(w) * scale[n, k // group] rounded to x's dtype. float32 dots use IEEE precision (no
-TF32). Output: one rounding of the float32 result to x's dtype (bfloat16 with integer ops, as
-t2c/kernels/norm.py does, because the interpreter truncates float32 -> bfloat16 casts).
+float32(w) * scale[n, k // group] rounded to x's dtype. float32 x: IEEE dots (no TF32; CUDA-core
+FMAs, correct but far slower than fp16/bf16). Output: one rounding of the float32 result to x's
+dtype (bfloat16 with integer ops, as t2c/kernels/norm.py does: the interpreter truncates
+float32 -> bfloat16 casts).
 
 Epilogue hook: the constexpr ACT applies an activation after the bias ("none", "relu", "silu"),
 the place a future fuse-activation rewrite of `qlinear` + activation would use; the IR op
@@ -61,6 +64,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 from ..ir.opdefs.quant import MODES, QMAX, TINY, QLinearAttrs
 from .norm import _round_to
@@ -84,15 +88,20 @@ def _cfg(bm, bn, bk, warps, stages, group_m=8):
 
 
 # Decode: few tokens, the weight read once; narrow N tiles give enough programs to use every SM
-# (N = 4096 in tiles of 32 is 128 programs), long K tiles keep each load wide. Few configs: every
-# one is compiled when a key is first tuned (benchmarks/gpu/int8_gemm.py must finish in 50 s).
-GPU_SMALL_M_CONFIGS = [_cfg(16, 32, 256, 4, 4), _cfg(16, 64, 256, 4, 4), _cfg(16, 32, 512, 4, 3), _cfg(16, 128, 128, 4, 4)]
+# (N = 4096 in tiles of 32 is 128 programs), long K tiles keep each load wide. Few configs: each
+# is compiled when its kind of key is first tuned (benchmarks/gpu/int8_gemm.py has 50 s in all).
+GPU_SMALL_M_CONFIGS = [_cfg(16, 32, 256, 4, 4), _cfg(16, 64, 256, 4, 4), _cfg(16, 32, 512, 4, 3)]
 # Prefill: compute bound. int8 x int8 takes BLOCK_K 128 (the bytes of bf16's 64); float
 # activations take BLOCK_K 64 (the int8 weight is widened in registers).
 GPU_LARGE_M_CONFIGS = [
-    _cfg(128, 256, 128, 8, 3), _cfg(256, 128, 128, 8, 3), _cfg(128, 128, 128, 8, 4),  # int8 activations
-    _cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 4, 4), _cfg(64, 128, 64, 4, 4),  # float activations
+    _cfg(128, 256, 128, 8, 3), _cfg(128, 128, 128, 8, 4),  # int8 activations
+    _cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 4, 4),  # float activations
 ]
+
+
+def _tune_bench(kernel_call, quantiles):
+    """The autotuner's timer, shorter than its default (25 ms warm-up, 100 ms): a few configs, clear winners."""
+    return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
 
 
 def _per_group_stages(configs, args):
@@ -224,9 +233,9 @@ _KEY = ["N", "K", "M_KEY", "W8A8", "PER_GROUP", "HAS_BIAS", "ACT"]
 if INTERPRETING:
     _gemm_small = _gemm_large = triton.autotune(configs=INTERPRETER_CONFIG, key=_KEY)(_qlinear_kernel)
 else:
-    _gemm_small = triton.autotune(configs=GPU_SMALL_M_CONFIGS, key=_KEY,
+    _gemm_small = triton.autotune(configs=GPU_SMALL_M_CONFIGS, key=_KEY, do_bench=_tune_bench,
                                   prune_configs_by={"early_config_prune": _prune_small})(_qlinear_kernel)
-    _gemm_large = triton.autotune(configs=GPU_LARGE_M_CONFIGS, key=_KEY,
+    _gemm_large = triton.autotune(configs=GPU_LARGE_M_CONFIGS, key=_KEY, do_bench=_tune_bench,
                                   prune_configs_by={"early_config_prune": _prune_large})(_qlinear_kernel)
 
 
@@ -256,6 +265,43 @@ def quantize_tokens(x: torch.Tensor, block_k: Optional[int] = None) -> tuple[tor
     elif m:
         sx.fill_(TINY / QMAX)  # no features: the row's amax is the floor
     return xq, sx
+
+
+def _launch_gemm(a, weight, scale, bias, sx, y, group: int, w8a8: bool, activation: str) -> None:
+    """y [M, N] = the GEMM of a [M, K] (float x, or int8 xq with sx [M] for W8A8) and weight [N, K]; all contiguous."""
+    m, k = a.shape
+    n = weight.shape[0]
+    gemm = _gemm_small if m <= SMALL_M else _gemm_large
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+    gemm[grid](
+        a, weight, scale, bias, sx, y, m, n, k, max(group, 1), k // group if group else 1,
+        min(triton.next_power_of_2(m), 8192),
+        W8A8=w8a8, PER_GROUP=bool(group), HAS_BIAS=bias is not None, ACT=activation,
+        DOT_PRECISION="ieee" if y.dtype == torch.float32 else "tf32",
+        UPCAST=INTERPRETING and y.dtype != torch.float32,
+        **LAUNCH_OPTIONS,
+    )
+
+
+def w8a8_gemm(xq: torch.Tensor, sx: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+              bias: Optional[torch.Tensor] = None, activation: str = "none") -> torch.Tensor:
+    """The W8A8 GEMM alone on tokens already quantized (xq int8 [M, K], sx float32 [M], as quantize_tokens
+    returns them): float32 [M, N] = (float32(xq @ weight^T) * scale) * sx + bias. Benchmarks time it alone."""
+    m, k = xq.shape
+    n = weight.shape[0]
+    if xq.dtype != torch.int8 or weight.dtype != torch.int8 or weight.shape[1] != k or tuple(scale.shape) != (n,):
+        raise ValueError("w8a8_gemm: xq int8 [M, K], weight int8 [N, K] and scale [N]")
+    if k > MAX_W8A8_K or activation not in ACTIVATIONS:
+        raise NotImplementedError(f"w8a8_gemm: K = {k} (at most {MAX_W8A8_K}), activation {activation!r}")
+    _check_device(xq)
+    y = torch.empty((m, n), dtype=torch.float32, device=xq.device)
+    if m and n:
+        _launch_gemm(xq.contiguous(), weight.contiguous(), scale.contiguous(),
+                     None if bias is None else bias.contiguous(), sx.contiguous(), y, 0, True, activation)
+    return y
 
 
 def qlinear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -300,17 +346,5 @@ def qlinear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: Op
         a, sx = quantize_tokens(x2)
     else:
         a, sx = x2, None
-    gemm = _gemm_small if m <= SMALL_M else _gemm_large
-
-    def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-
-    gemm[grid](
-        a, weight, scale, bias, sx, y, m, n, k, max(group, 1), k // group if group else 1,
-        min(triton.next_power_of_2(m), 8192),
-        W8A8=w8a8, PER_GROUP=bool(group), HAS_BIAS=bias is not None, ACT=activation,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        UPCAST=INTERPRETING and x.dtype != torch.float32,
-        **LAUNCH_OPTIONS,
-    )
+    _launch_gemm(a, weight, scale, bias, sx, y, group, w8a8, activation)
     return y.reshape(*lead, n)
