@@ -17,7 +17,7 @@ Math, with phi(x) = elu(x) + 1 = (x > 0 ? x + 1 : exp(x)), everything in float32
 Kernels, the keys cut into chunks of CHUNK positions (the last one partial, masked):
 
     1. _chunk_states   per (batch, KV head, chunk, Dv tile):  S_c = phi(K_c)^T V_c,
-                       z_c = phi(K_c)^T 1 (one dot each), into a float32 buffer
+                       z_c = phi(K_c)^T 1, into a float32 buffer [chunks, D_pad, Dv_pad]
     2. _chunk_prefix   per (batch, KV head, slice of the state): walks the chunks in order,
                        PREFIX_CHUNKS at a time (a scan within, a running sum across);
                        causal: S_c <- S_0 + ... + S_{c-1} in place (exclusive prefix);
@@ -29,19 +29,22 @@ Kernels, the keys cut into chunks of CHUNK positions (the last one partial, mask
                        query tiles read the total state and nothing else); out = num / den
 
 so work is O(S (CHUNK + D) Dv) per head, and every phase is parallel over chunks: the only
-sequential walk is the prefix, an elementwise sum of [D, Dv] states. Padded feature lanes and
-key rows past Sk are zeroed after phi (phi(0) = 1 would otherwise count them). The state
-buffer holds ceil(Sk / CHUNK) * D_pad * Dv_pad floats per (batch, KV head).
+sequential walk is the prefix, an elementwise sum of [D, Dv] states. Kernels 1 and 3 read the
+features D_TILE (<= 64) at a time in a loop and the values in Dv tiles of DV_TILE (<= 64, one
+program each), so registers and shared memory stay bounded at any head dim. Padded feature
+lanes and key rows past Sk are zeroed after phi (phi(0) = 1 would otherwise count them). The
+state buffer holds ceil(Sk / CHUNK) * D_pad * Dv_pad floats per (batch, KV head) (8 MiB at
+Sk = 32k, D = Dv = 64); D_pad and Dv_pad are D and Dv rounded up to whole tiles.
 
 Dtypes: float32, float16, bfloat16 (q, k, v may differ among them: each is widened to float32
 on load, as the reference's .to(float32) does); dots in IEEE float32 (no TF32: the reference
 computes halves in float32, so the only rounding allowed is the final one to q's dtype, round
 to nearest even; bfloat16 is rounded with integer ops because the interpreter truncates).
-Head dims any size up to MAX_HEAD_DIM (padded to a power of two, at least 16, masked loads);
-Dv is processed in tiles of at most 64 columns. Sequence lengths any (masked last chunk).
+Head dims any size (tiles are powers of two, at least 16, masked loads); sequence lengths any
+(masked last chunk); Sq != Sk when non-causal.
 
-Limits: feature maps other than "elu1", float64 and other dtypes, head dims over MAX_HEAD_DIM,
-and CPU tensors outside TRITON_INTERPRET=1 raise NotImplementedError naming the reason (the
+Limits: feature maps other than "elu1", float64 and other dtypes, and CPU tensors outside
+TRITON_INTERPRET=1 raise NotImplementedError naming the reason (the
 backend checks `supports` and `SUPPORTED_DTYPES` first and keeps such nodes on the generic
 path); causal with Sq != Sk raises ValueError, as the reference cannot compute it either.
 
@@ -63,17 +66,19 @@ from ..ir.opdefs.attention import LinearAttentionAttrs
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FEATURES = ("elu1",)
-MAX_HEAD_DIM = 256
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 # Positions per chunk (and query rows per non-causal tile); a power of two, at least 16 (tl.dot).
 CHUNK = 16 if INTERPRETING else 64
-# Widest Dv tile one program holds: a [D_pad, 64] float32 state in registers.
+# Widest feature (D) and value (Dv) tiles: a program holds [D_TILE, DV_TILE] of the state and
+# [CHUNK, D_TILE] of phi(Q) at a time, so registers and shared memory stay bounded at any head dim.
+MAX_D_TILE = 64
 MAX_DV_TILE = 64
 # The prefix programs' tile: PREFIX_CHUNKS chunks (a step) x PREFIX_BLOCK state elements (a
-# slice of the flattened [D_pad, Dv_pad] state), both powers of two.
+# slice of the flattened [D_pad, Dv_pad] state), both powers of two; the interpreter pays per
+# program, a GPU wants many.
 PREFIX_CHUNKS = 16
-PREFIX_BLOCK = 256
+PREFIX_BLOCK = 4096 if INTERPRETING else 256
 
 # The interpreter runs every config it is given: one there.
 _AUTOTUNE_CONFIGS = (
@@ -98,10 +103,10 @@ def _round_to(v, dtype: tl.constexpr):
 
 
 @triton.jit
-def _phi_tile(base, offs_s, s_ok, stride_s, stride_d, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """phi(x) = elu(x) + 1 of a [rows, BLOCK_D] tile in float32; 0 on rows past the sequence and
-    on padded features (phi(0) = 1 would count them)."""
-    offs_d = tl.arange(0, BLOCK_D)
+def _phi_tile(base, offs_s, s_ok, d0, stride_s, stride_d, HEAD_D: tl.constexpr, D_TILE: tl.constexpr):
+    """phi(x) = elu(x) + 1 of features [d0, d0 + D_TILE) of a [rows, D] tile in float32; 0 on rows
+    past the sequence and on padded features (phi(0) = 1 would count them)."""
+    offs_d = d0 + tl.arange(0, D_TILE)
     ok = s_ok[:, None] & (offs_d[None, :] < HEAD_D)
     x = tl.load(base + offs_s[:, None] * stride_s + offs_d[None, :] * stride_d, mask=ok, other=0.0).to(tl.float32)
     phi = tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))  # the min: no overflow in the unused branch
@@ -116,15 +121,16 @@ def _load_v(base, offs_s, s_ok, dv0, stride_s, stride_d, HEAD_DV: tl.constexpr, 
     return tl.load(base + offs_s[:, None] * stride_s + offs_dv[None, :] * stride_d, mask=ok, other=0.0).to(tl.float32)
 
 
-@triton.autotune(configs=_AUTOTUNE_CONFIGS, key=["HEAD_D", "HEAD_DV", "BLOCK_D", "DV_TILE", "CHUNK"])
+@triton.autotune(configs=_AUTOTUNE_CONFIGS, key=["HEAD_D", "HEAD_DV", "D_TILE", "DV_TILE", "CHUNK"])
 @triton.jit
 def _chunk_states(k_ptr, v_ptr, s_ptr, z_ptr,
                   stride_kb, stride_kh, stride_kn, stride_kd,
                   stride_vb, stride_vh, stride_vn, stride_vd,
-                  H_KV, Sk, n_chunks, DV_PAD,
-                  HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, DV_TILE: tl.constexpr,
+                  H_KV, Sk, n_chunks, D_PAD, DV_PAD,
+                  HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_TILE: tl.constexpr, DV_TILE: tl.constexpr,
                   CHUNK: tl.constexpr):
-    """One program: S_c[:, tile] = phi(K_c)^T V_c[:, tile] and (first tile) z_c = sum phi(K_c) of one chunk."""
+    """One program: S_c[:, tile] = phi(K_c)^T V_c[:, tile] and (first tile) z_c = sum phi(K_c) of one
+    chunk, D_TILE features at a time. States are [B * H_KV * n_chunks, D_PAD, DV_PAD], z [.., D_PAD]."""
     pid = tl.program_id(0)  # (batch, kv head, chunk), chunks of one head adjacent
     dv0 = tl.program_id(1) * DV_TILE
     c = pid % n_chunks
@@ -133,17 +139,18 @@ def _chunk_states(k_ptr, v_ptr, s_ptr, z_ptr,
     h = bh % H_KV
     offs_n = c * CHUNK + tl.arange(0, CHUNK)
     n_ok = offs_n < Sk
-    fk = _phi_tile(k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh, offs_n, n_ok,
-                   stride_kn, stride_kd, HEAD_D, BLOCK_D)
+    k_base = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     vv = _load_v(v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh, offs_n, n_ok, dv0,
                  stride_vn, stride_vd, HEAD_DV, DV_TILE)
-    state = tl.dot(tl.trans(fk), vv, input_precision="ieee")  # [BLOCK_D, DV_TILE]
-    slot = pid.to(tl.int64)  # states are [B * H_KV * n_chunks, BLOCK_D, DV_PAD], contiguous
-    offs_d = tl.arange(0, BLOCK_D)
+    slot = pid.to(tl.int64)
     offs_dv = dv0 + tl.arange(0, DV_TILE)
-    tl.store(s_ptr + slot * BLOCK_D * DV_PAD + offs_d[:, None] * DV_PAD + offs_dv[None, :], state)
-    if tl.program_id(1) == 0:
-        tl.store(z_ptr + slot * BLOCK_D + offs_d, tl.sum(fk, 0))
+    for d0 in range(0, D_PAD, D_TILE):
+        fk = _phi_tile(k_base, offs_n, n_ok, d0, stride_kn, stride_kd, HEAD_D, D_TILE)
+        state = tl.dot(tl.trans(fk), vv, input_precision="ieee")  # [D_TILE, DV_TILE]
+        offs_d = d0 + tl.arange(0, D_TILE)
+        tl.store(s_ptr + slot * D_PAD * DV_PAD + offs_d[:, None] * DV_PAD + offs_dv[None, :], state)
+        if tl.program_id(1) == 0:
+            tl.store(z_ptr + slot * D_PAD + offs_d, tl.sum(fk, 0))
 
 
 @triton.jit
@@ -171,20 +178,21 @@ def _chunk_prefix(x_ptr, total_ptr, n_chunks, E, TOTAL: tl.constexpr, BLOCK_C: t
         tl.store(total_ptr + g * E + offs_e, run, mask=e_ok)
 
 
-@triton.autotune(configs=_AUTOTUNE_CONFIGS, key=["HEAD_D", "HEAD_DV", "BLOCK_D", "DV_TILE", "CHUNK", "CAUSAL"])
+@triton.autotune(configs=_AUTOTUNE_CONFIGS, key=["HEAD_D", "HEAD_DV", "D_TILE", "DV_TILE", "CHUNK", "CAUSAL"])
 @triton.jit
 def _chunk_outputs(q_ptr, k_ptr, v_ptr, s_ptr, z_ptr, o_ptr,
                    stride_qb, stride_qh, stride_qm, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
                    stride_vb, stride_vh, stride_vn, stride_vd,
                    stride_ob, stride_oh, stride_om, stride_od,
-                   H_Q, H_KV, Sq, Sk, n_q_chunks, n_state_chunks, DV_PAD,
-                   GROUP: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr,
+                   H_Q, H_KV, Sq, Sk, n_q_chunks, n_state_chunks, D_PAD, DV_PAD,
+                   GROUP: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_TILE: tl.constexpr,
                    DV_TILE: tl.constexpr, CHUNK: tl.constexpr, CAUSAL: tl.constexpr):
     """One program: CHUNK query rows, Dv columns [dv0, dv0 + DV_TILE), of one (batch, query head).
 
-    States s [B * H_KV * n_state_chunks, BLOCK_D, DV_PAD] and z [.., BLOCK_D]: causal, the exclusive
-    prefix of each chunk (n_state_chunks = n_q_chunks); non-causal, the total (n_state_chunks = 1)."""
+    States s [B * H_KV * n_state_chunks, D_PAD, DV_PAD] and z [.., D_PAD]: causal, the exclusive
+    prefix of each chunk (n_state_chunks = n_q_chunks); non-causal, the total (n_state_chunks = 1).
+    The features are read D_TILE at a time, accumulating num, den and (causal) phi(Q_c) phi(K_c)^T."""
     pid = tl.program_id(0)
     dv0 = tl.program_id(1) * DV_TILE
     c = pid % n_q_chunks
@@ -194,27 +202,32 @@ def _chunk_outputs(q_ptr, k_ptr, v_ptr, s_ptr, z_ptr, o_ptr,
     h_kv = h // GROUP  # grouped-query attention: the shared KV head's states and keys
     offs_m = c * CHUNK + tl.arange(0, CHUNK)
     m_ok = offs_m < Sq
-    fq = _phi_tile(q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, offs_m, m_ok,
-                   stride_qm, stride_qd, HEAD_D, BLOCK_D)
-
+    n_ok = offs_m < Sk  # causal: the diagonal chunk's keys sit at the queries' positions
+    q_base = q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = k_ptr + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     slot = (b * H_KV + h_kv).to(tl.int64) * n_state_chunks
     if CAUSAL:
         slot += c
-    offs_d = tl.arange(0, BLOCK_D)
     offs_dv = dv0 + tl.arange(0, DV_TILE)
-    state = tl.load(s_ptr + slot * BLOCK_D * DV_PAD + offs_d[:, None] * DV_PAD + offs_dv[None, :])
-    z = tl.load(z_ptr + slot * BLOCK_D + offs_d)
-    num = tl.dot(fq, state, input_precision="ieee")  # [CHUNK, DV_TILE]: the chunks before this one
-    den = tl.sum(fq * z[None, :], 1)
+
+    num = tl.zeros([CHUNK, DV_TILE], tl.float32)  # phi(Q_c) S: the chunks before this one
+    den = tl.zeros([CHUNK], tl.float32)
+    a = tl.zeros([CHUNK, CHUNK], tl.float32)  # phi(Q_c) phi(K_c)^T (causal)
+    for d0 in range(0, D_PAD, D_TILE):
+        fq = _phi_tile(q_base, offs_m, m_ok, d0, stride_qm, stride_qd, HEAD_D, D_TILE)
+        offs_d = d0 + tl.arange(0, D_TILE)
+        state = tl.load(s_ptr + slot * D_PAD * DV_PAD + offs_d[:, None] * DV_PAD + offs_dv[None, :])
+        z = tl.load(z_ptr + slot * D_PAD + offs_d)
+        num = tl.dot(fq, state, num, input_precision="ieee")
+        den += tl.sum(fq * z[None, :], 1)
+        if CAUSAL:
+            fk = _phi_tile(k_base, offs_m, n_ok, d0, stride_kn, stride_kd, HEAD_D, D_TILE)
+            a = tl.dot(fq, tl.trans(fk), a, input_precision="ieee")
     if CAUSAL:  # the diagonal chunk: keys c*CHUNK .. i of each row i, as a masked matmul
-        kv_off_k = b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
-        kv_off_v = b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
-        n_ok = offs_m < Sk  # the chunk's keys sit at the queries' positions
-        fk = _phi_tile(k_ptr + kv_off_k, offs_m, n_ok, stride_kn, stride_kd, HEAD_D, BLOCK_D)
-        vv = _load_v(v_ptr + kv_off_v, offs_m, n_ok, dv0, stride_vn, stride_vd, HEAD_DV, DV_TILE)
-        a = tl.dot(fq, tl.trans(fk), input_precision="ieee")  # [CHUNK, CHUNK]
         rows = tl.arange(0, CHUNK)
         a = tl.where(rows[None, :] <= rows[:, None], a, 0.0)
+        vv = _load_v(v_ptr + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh, offs_m, n_ok, dv0,
+                     stride_vn, stride_vd, HEAD_DV, DV_TILE)
         num = tl.dot(a, vv, num, input_precision="ieee")
         den += tl.sum(a, 1)
     den = tl.where(m_ok, den, 1.0)  # rows past Sq are not stored; keep them finite
@@ -236,8 +249,6 @@ def _unsupported(q, k, v, attrs) -> Optional[str]:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dtype not in SUPPORTED_DTYPES:
             return f"{name} of dtype {t.dtype} (the kernel takes float32, float16, bfloat16)"
-    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
-        return f"head dims {q.shape[-1]}/{v.shape[-1]} over {MAX_HEAD_DIM}"
     if not q.is_cuda and not INTERPRETING:
         return "CPU tensors outside TRITON_INTERPRET=1"
     return None
@@ -269,13 +280,14 @@ def _pow2_block(n: int, override: Optional[int], what: str, least: int = 16) -> 
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attrs: LinearAttentionAttrs,
-                     chunk: Optional[int] = None, dv_tile: Optional[int] = None) -> torch.Tensor:
+                     chunk: Optional[int] = None, d_tile: Optional[int] = None,
+                     dv_tile: Optional[int] = None) -> torch.Tensor:
     """The IR op `linear_attention(q, k, v) {attrs}` on the Triton kernels.
 
     Same operands, order and result (shape, dtype) as `linear_attention_reference`; raises
     NotImplementedError for inputs the kernels do not handle (module docstring), so a caller can
-    fall back. `chunk` and `dv_tile` (powers of two, at least 16) override the chunk length and
-    the Dv tile (tests and tuning)."""
+    fall back. `chunk`, `d_tile` and `dv_tile` (powers of two, at least 16) override the chunk
+    length and the feature and value tiles (tests and tuning)."""
     reason = _unsupported(q, k, v, attrs)
     if reason is not None:
         raise NotImplementedError(f"triton linear_attention kernel: {reason}")
@@ -288,27 +300,28 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attrs
     if sk == 0 or d == 0:  # no key (or no feature): num = den = 0, as the reference computes
         return out.fill_(float("nan"))
 
-    chunk = _pow2_block(0, chunk if chunk is not None else CHUNK, "chunk")
-    block_d = _pow2_block(d, None, "BLOCK_D")
-    tile = dv_tile if dv_tile is not None else min(_pow2_block(dv, None, "dv_tile"), MAX_DV_TILE)
-    tile = _pow2_block(0, tile, "dv_tile")
-    n_tiles = triton.cdiv(dv, tile)
-    dv_pad = n_tiles * tile
+    chunk = _pow2_block(0, CHUNK if chunk is None else chunk, "chunk")
+    d_tile = _pow2_block(0, min(_pow2_block(d, None, ""), MAX_D_TILE) if d_tile is None else d_tile, "d_tile")
+    dv_tile = _pow2_block(0, min(_pow2_block(dv, None, ""), MAX_DV_TILE) if dv_tile is None else dv_tile, "dv_tile")
+    d_pad = triton.cdiv(d, d_tile) * d_tile
+    n_dv_tiles = triton.cdiv(dv, dv_tile)
+    dv_pad = n_dv_tiles * dv_tile
     n_chunks = triton.cdiv(sk, chunk)
     groups = bsz * hkv
+    tiles = dict(HEAD_D=d, HEAD_DV=dv, D_TILE=d_tile, DV_TILE=dv_tile, CHUNK=chunk)
 
-    states = torch.empty((groups * n_chunks, block_d, dv_pad), dtype=torch.float32, device=q.device)
-    zs = torch.empty((groups * n_chunks, block_d), dtype=torch.float32, device=q.device)
-    _chunk_states[(groups * n_chunks, n_tiles)](
-        k, v, states, zs, *k.stride(), *v.stride(), hkv, sk, n_chunks, dv_pad,
-        HEAD_D=d, HEAD_DV=dv, BLOCK_D=block_d, DV_TILE=tile, CHUNK=chunk)
+    # per-chunk states, padded to whole tiles (the padding computes to 0 and is never read back)
+    states = torch.empty((groups * n_chunks, d_pad, dv_pad), dtype=torch.float32, device=q.device)
+    zs = torch.empty((groups * n_chunks, d_pad), dtype=torch.float32, device=q.device)
+    _chunk_states[(groups * n_chunks, n_dv_tiles)](
+        k, v, states, zs, *k.stride(), *v.stride(), hkv, sk, n_chunks, d_pad, dv_pad, **tiles)
 
     causal = bool(attrs.causal)
     if causal:  # in place: chunk c's slot becomes the sum of the chunks before it
         s_read, z_read, n_state = states, zs, n_chunks
     else:
-        s_read = torch.empty((groups, block_d, dv_pad), dtype=torch.float32, device=q.device)
-        z_read = torch.empty((groups, block_d), dtype=torch.float32, device=q.device)
+        s_read = torch.empty((groups, d_pad, dv_pad), dtype=torch.float32, device=q.device)
+        z_read = torch.empty((groups, d_pad), dtype=torch.float32, device=q.device)
         n_state = 1
     for x, total in ((states, s_read), (zs, z_read)):
         e = x.numel() // (groups * n_chunks)
@@ -317,8 +330,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attrs
             BLOCK_E=min(PREFIX_BLOCK, triton.next_power_of_2(e)), num_warps=4)
 
     n_q_chunks = triton.cdiv(sq, chunk)
-    _chunk_outputs[(bsz * hq * n_q_chunks, n_tiles)](
+    _chunk_outputs[(bsz * hq * n_q_chunks, n_dv_tiles)](
         q, k, v, s_read, z_read, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        hq, hkv, sq, sk, n_q_chunks, n_state, dv_pad,
-        GROUP=hq // hkv, HEAD_D=d, HEAD_DV=dv, BLOCK_D=block_d, DV_TILE=tile, CHUNK=chunk, CAUSAL=causal)
+        hq, hkv, sq, sk, n_q_chunks, n_state, d_pad, dv_pad, GROUP=hq // hkv, CAUSAL=causal, **tiles)
     return out
