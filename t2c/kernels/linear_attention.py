@@ -48,9 +48,10 @@ TRITON_INTERPRET=1 raise NotImplementedError naming the reason (the
 backend checks `supports` and `SUPPORTED_DTYPES` first and keeps such nodes on the generic
 path); causal with Sq != Sk raises ValueError, as the reference cannot compute it either.
 
-On a GPU num_warps / num_stages of the state and output kernels are autotuned (CHUNK is
-fixed per launch, 64, because all three kernels must share it); the interpreter runs one config
-and CHUNK 16, so short test sequences still span several chunks.
+On a GPU num_warps (4 or 8) of the state and output kernels is autotuned, keyed by head dims
+and tiles, not by length (CHUNK is fixed per launch, 64, because all three kernels must share
+it); the interpreter runs one config and CHUNK 16, so short test sequences still span several
+chunks.
 """
 
 from __future__ import annotations
@@ -80,11 +81,13 @@ MAX_DV_TILE = 64
 PREFIX_CHUNKS = 16
 PREFIX_BLOCK = 4096 if INTERPRETING else 256
 
-# The interpreter runs every config it is given: one there.
+# The interpreter runs every config it is given: one there. On a GPU the warps per program
+# (the [64, 64] float32 tiles take 4 or 8); the feature loop is one or a few steps, so stages
+# hardly matter, and each config costs a compile.
 _AUTOTUNE_CONFIGS = (
     [triton.Config({}, num_warps=4, num_stages=1)]
     if INTERPRETING
-    else [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (8, 2), (4, 3))]
+    else [triton.Config({}, num_warps=w, num_stages=2) for w in (4, 8)]
 )
 
 
