@@ -274,9 +274,10 @@ def _check_shapes(q, k, v, attrs) -> None:
         raise ValueError(f"linear_attention: causal needs as many keys as queries, got {k.shape[2]} and {sq}")
 
 
-def _pow2_block(n: int, override: Optional[int], what: str, least: int = 16) -> int:
+def _tile(n: int, widest: int, override: Optional[int], what: str) -> int:
+    """The tile for a dim of n: `override`, checked, or the next power of two (16 to `widest`)."""
     if override is None:
-        return max(least, triton.next_power_of_2(n))
+        return min(max(16, triton.next_power_of_2(n)), widest)
     if override < 16 or override & (override - 1):
         raise ValueError(f"{what} must be a power of two, at least 16, got {override}")
     return override
@@ -303,9 +304,9 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attrs
     if sk == 0 or d == 0:  # no key (or no feature): num = den = 0, as the reference computes
         return out.fill_(float("nan"))
 
-    chunk = _pow2_block(0, CHUNK if chunk is None else chunk, "chunk")
-    d_tile = _pow2_block(0, min(_pow2_block(d, None, ""), MAX_D_TILE) if d_tile is None else d_tile, "d_tile")
-    dv_tile = _pow2_block(0, min(_pow2_block(dv, None, ""), MAX_DV_TILE) if dv_tile is None else dv_tile, "dv_tile")
+    chunk = _tile(CHUNK, CHUNK, chunk, "chunk")
+    d_tile = _tile(d, MAX_D_TILE, d_tile, "d_tile")
+    dv_tile = _tile(dv, MAX_DV_TILE, dv_tile, "dv_tile")
     d_pad = triton.cdiv(d, d_tile) * d_tile
     n_dv_tiles = triton.cdiv(dv, dv_tile)
     dv_pad = n_dv_tiles * dv_tile
