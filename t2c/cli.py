@@ -1,4 +1,4 @@
-"""The `t2c` command line: compile, inspect, opt, passes.
+"""The `t2c` command line: compile, check, inspect, opt, passes.
 
 Exit codes: 0 success; 1 validation failed; 2 bad input or unsupported model,
 with a one-line message that says what to do (`--debug` shows the traceback);
@@ -106,44 +106,118 @@ def target_options(fn):
     return click.option("--target", type=choice, default=DEFAULT_TARGET, show_default=True, help="What to emit.")(fn)
 
 
+def _options(*decorators):
+    """The options several commands share, applied in the order listed (as if written above the command)."""
+    def apply(fn):
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+    return apply
+
+
+model_options = _options(
+    click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE]", help="Example input for models that carry none."),
+    click.option("--static", is_flag=True, help="Fix every dim to the example's shape."),
+    click.option("--trust-model", is_flag=True, envvar="T2C_TRUST_MODEL", help="Allow loading files that can run code (.pt pickles, .pt2)."),
+)
+
+numerics_options = _options(
+    click.option("--max-drift", type=float, default=None, help="Fail when an approximate pass changes an output by more than this."),
+    click.option("--min-cosine", type=float, default=None, help="Fail when an approximate pass leaves an output's cosine with eager below this (int8 default: 0.99)."),
+    click.option("--min-sqnr", type=float, default=None, metavar="DB", help="Fail when an approximate pass leaves a layer's SQNR below this many dB (int8 default: 10)."),
+    click.option("--min-token-agreement", type=float, default=None, help="Fail when an approximate pass changes more next tokens of `logits` than this fraction allows (int8 default: 0.9)."),
+    click.option("--calibrate", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                 help="Calibration inputs for quantize-int8's SmoothQuant: a .pt of token-id tensors (or dicts of inputs), or a text file of ids, one sequence a line."),
+    click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+                 help="Compute in this dtype (cast-precision: norms, softmax and reductions accumulate in float32). Default: the checkpoint's where the target runs it, else float32."),
+)
+
+
+def _compile_options(pipeline: str, target: str, given: dict, static: bool, validate: bool, **numerics):
+    from .compiler import CompileOptions
+
+    options = CompileOptions(
+        pipeline=_pipeline(pipeline), target=target,
+        target_options={k.removeprefix("target_"): v for k, v in given.items() if v is not None},
+        static=static, validate=validate, **numerics,
+    )
+    options.check()
+    return options
+
+
+def _load(model: str, trust_model: bool, inputs: tuple[str, ...]):
+    from .frontends.loaders import InputSpec, load_model
+
+    specs = [InputSpec.parse(t) for t in inputs] or None
+    return load_model(model, trust_model=trust_model, inputs=specs)
+
+
+def _check_out_dir(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir} exists and is not a folder; choose another -o")
+
+
 @cli.command()
 @click.argument("model")
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default: MODEL's name + '.t2c.out').")
 @target_options
 @preset_options
 @click.option("--passes", "pipeline", default=None, metavar="PIPELINE", help="Run this pipeline instead of a preset.")
-@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE]", help="Example input for models that carry none.")
-@click.option("--static", is_flag=True, help="Fix every dim to the example's shape.")
-@click.option("--trust-model", is_flag=True, envvar="T2C_TRUST_MODEL", help="Allow loading files that can run code (.pt pickles, .pt2).")
+@model_options
 @click.option("--no-validate", is_flag=True, help="Skip numerical validation (the report says so).")
-@click.option("--max-drift", type=float, default=None, help="Fail when an approximate pass changes an output by more than this.")
-@click.option("--min-cosine", type=float, default=None, help="Fail when an approximate pass leaves an output's cosine with eager below this (int8 default: 0.99).")
-@click.option("--min-sqnr", type=float, default=None, metavar="DB", help="Fail when an approximate pass leaves a layer's SQNR below this many dB (int8 default: 10).")
-@click.option("--min-token-agreement", type=float, default=None, help="Fail when an approximate pass changes more next tokens of `logits` than this fraction allows (int8 default: 0.9).")
-@click.option("--calibrate", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="Calibration inputs for quantize-int8's SmoothQuant: a .pt of token-id tensors (or dicts of inputs), or a text file of ids, one sequence a line.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
-              help="Compute in this dtype (cast-precision: norms, softmax and reductions accumulate in float32). Default: the checkpoint's where the target runs it, else float32.")
+@numerics_options
 def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model, no_validate, max_drift, min_cosine, min_sqnr, min_token_agreement, calibrate, dtype, **given) -> None:
     """Compile MODEL to a validated artifact in OUT (the target's files, model.t2c, report.json, report.html)."""
-    from .compiler import CompileOptions, compile_loaded
-    from .frontends.loaders import InputSpec, load_model
+    from .compiler import compile_loaded
 
-    options = CompileOptions(
-        pipeline=_pipeline(pipeline) if pipeline else _pipeline(level),
-        target=target, target_options={k.removeprefix("target_"): v for k, v in given.items() if v is not None},
-        static=static, validate=not no_validate, max_drift=max_drift,
-        min_cosine=min_cosine, min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate, dtype=dtype,
-    )
-    options.check()
+    options = _compile_options(pipeline or level, target, given, static, not no_validate, max_drift=max_drift, min_cosine=min_cosine,
+                               min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate, dtype=dtype)
     out_dir = out_dir or _default_out(model)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"{out_dir} exists and is not a folder; choose another -o")
-    specs = [InputSpec.parse(t) for t in inputs] or None
-    loaded = load_model(model, trust_model=trust_model, inputs=specs)
+    _check_out_dir(out_dir)
+    loaded = _load(model, trust_model, inputs)
     display = _StageDisplay(sys.stderr.isatty())
     result = compile_loaded(loaded, options, out_dir, progress=display)
     click.echo(summary_lines(result.report, out_dir))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-p", "--passes", "pipeline", default="-O1", show_default=True, metavar="PIPELINE", help="The pipeline to check: a preset (-O1) or passes, as for compile --passes.")
+@target_options
+@model_options
+@numerics_options
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None, metavar="FILE", help="Write JUnit XML: one test case per pass, the frontend and the artifact.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="FILE", help="Write the results and the compile's report as JSON.")
+@click.option("-o", "--out", "out_dir", default=None, help="Keep the artifact here when every check passes (default: none is kept).")
+def check(model, pipeline, target, inputs, static, trust_model, max_drift, min_cosine, min_sqnr, min_token_agreement, calibrate, dtype, junit_path, json_path, out_dir, **given) -> None:
+    """Check that PIPELINE reproduces MODEL, pass by pass: exit 0 when every check passes, 1 otherwise."""
+    import tempfile
+
+    from .check import cases_from_report, check_json, junit_xml, result_lines, write_atomically
+    from .compiler import compile_loaded
+    from .errors import ValidationError
+
+    options = _compile_options(pipeline, target, given, static, True, max_drift=max_drift, min_cosine=min_cosine,
+                               min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate, dtype=dtype)
+    if out_dir is not None:
+        _check_out_dir(out_dir)
+    loaded = _load(model, trust_model, inputs)
+    with tempfile.TemporaryDirectory(prefix="t2c-check-") as scratch:
+        try:
+            report = compile_loaded(loaded, options, out_dir or os.path.join(scratch, "out"), progress=_StageDisplay(sys.stderr.isatty())).report
+        except ValidationError as e:
+            if e.report is None:
+                raise
+            report = e.report
+    cases = cases_from_report(report, max_drift)
+    if junit_path:
+        write_atomically(junit_path, junit_xml(cases, f"t2c check {model} {report['pipeline']} --target {report['target']}"))
+    if json_path:
+        write_atomically(json_path, check_json(cases, report))
+    click.echo(result_lines(cases))
+    failed = [c for c in cases if not c.ok]
+    if failed:
+        raise ValidationError(f"{len(failed)} of {len(cases)} checks failed; the first: {failed[0].stage} {failed[0].name}: {failed[0].message}")
 
 
 def _default_out(model: str) -> str:

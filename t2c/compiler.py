@@ -211,7 +211,7 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
         _write_reports(report, tmp)
         validation = report["validation"]
         if options.validate and not validation["ok"]:
-            raise ValidationError(validation["summary"])
+            raise ValidationError(validation["summary"], report=report)
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -388,29 +388,47 @@ def _judge_traced(traced) -> tuple[bool, str]:
     return True, "ok"
 
 
+def _exact_problem(rec: dict) -> str | None:
+    """An exact pass must not change the IR's outputs beyond tolerance (against the IR before it)."""
+    for check in rec.get("vs_previous", []) if rec["exact"] else []:
+        for out in check["outputs"]:
+            if not out["ok"]:
+                return f"exact pass {rec['pass']!r} changed output {out['name']!r} by {out['max_abs']:.3g} (> atol {out['atol']:g}) at {check['shape']}"
+    return None
+
+
+def _drift_problem(rec: dict, max_drift: float | None) -> str | None:
+    """The drift from eager after this pass, bounded by --max-drift when given."""
+    for check in rec.get("vs_eager", []) if max_drift is not None else []:
+        for out in check["outputs"]:
+            if float(out["max_abs"]) > max_drift:
+                return f"after pass {rec['pass']!r} output {out['name']!r} drifts {float(out['max_abs']):.3g} from eager > --max-drift {max_drift:g} at {check['shape']}"
+    return None
+
+
+def _bar_problem(rec: dict) -> str | None:
+    """An approximate pass's bar (`rec["bar"]`: its defaults or the user's --min-cosine / --min-sqnr / --min-token-agreement)."""
+    problem = DriftBar(**rec["bar"]).violation(rec) if "bar" in rec else None
+    return None if problem is None else f"after pass {rec['pass']!r}: {problem}"
+
+
 def _judge_drift(pass_records, options: "CompileOptions") -> tuple[bool, str]:
-    """An exact pass must not change the IR's outputs beyond tolerance (against the IR before it);
-    the drift from eager that approximate passes cause is bounded by --max-drift when given and by
-    each pass's bar (`entry["bar"]`: its defaults or the user's --min-cosine / --min-sqnr /
-    --min-token-agreement)."""
-    for rec in pass_records:
-        for check in rec.get("vs_previous", []):
-            for out in check["outputs"]:
-                if rec["exact"] and not out["ok"]:
-                    return False, f"exact pass {rec['pass']!r} changed output {out['name']!r} by {out['max_abs']:.3g} (> atol {out['atol']:g}) at {check['shape']}"
-    max_drift = options.max_drift
-    if max_drift is not None:
+    """Every pass's exactness first, then the drift from eager against --max-drift, then the bars."""
+    for judge in (_exact_problem, lambda rec: _drift_problem(rec, options.max_drift), _bar_problem):
         for rec in pass_records:
-            for check in rec.get("vs_eager", []):
-                for out in check["outputs"]:
-                    if float(out["max_abs"]) > max_drift:
-                        return False, f"after pass {rec['pass']!r} output {out['name']!r} drifts {float(out['max_abs']):.3g} from eager > --max-drift {max_drift:g} at {check['shape']}"
-    for rec in pass_records:
-        if "bar" in rec:
-            problem = DriftBar(**rec["bar"]).violation(rec)
+            problem = judge(rec)
             if problem is not None:
-                return False, f"after pass {rec['pass']!r}: {problem}"
+                return False, problem
     return True, "ok"
+
+
+def judge_pass(rec: dict, max_drift: float | None) -> str | None:
+    """What is wrong with this one pass (`t2c check`'s result per pass), or None. An exact pass is
+    judged against the IR before it; an approximate one by its drift from eager and its bar (the
+    drift an exact pass inherits from an earlier approximate one is not its own)."""
+    if rec["exact"]:
+        return _exact_problem(rec)
+    return _drift_problem(rec, max_drift) or _bar_problem(rec)
 
 
 def _write_reports(report: dict, folder: str) -> None:

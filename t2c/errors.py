@@ -37,6 +37,13 @@ class VerifyError(T2CError):
 
 
 class ValidationError(T2CError):
-    """An artifact or pass does not reproduce the eager model within tolerance."""
+    """An artifact or pass does not reproduce the eager model within tolerance.
+
+    `report` is the compile's report.json content when a compile raised it (`t2c check`
+    turns it into one result per pass)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report
