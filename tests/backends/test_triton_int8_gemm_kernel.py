@@ -68,7 +68,7 @@ def test_w8a8_is_bit_identical_to_the_reference(m, bias):
 
 
 def test_w8a8_leading_dims_wide_k_and_zero_rows():
-    x = _rand(2, 3, 300, seed=3)  # K = 300: ten K tiles, the last partial
+    x = _rand(2, 3, 300, 2, seed=3)[..., 1]  # strided; K = 300: ten K tiles, the last partial
     x[1, 2] = 0.0  # an all-zero token: sx is the floor 1e-30 / 127, its row is the bias
     q, s, b = _layer(40, 300)
     got = int8_gemm.qlinear(x, q, s, b, attrs=W8A8)
@@ -225,3 +225,20 @@ def test_llama_int8_compiles_to_the_handwritten_kernel_and_validates(passes, mod
     nodes = [node for node in c.graph.nodes if node.op == "qlinear"]
     assert len(nodes) == n and {node.attrs.mode for node in nodes} == {mode}
     assert all(handwritten_kernel(node) == ("t2c.kernels.int8_gemm", "qlinear") for node in nodes)
+
+
+@pytest.mark.parametrize("passes,modes", [("-O1,quantize-int8{mode=w8a8}", [("w8a8", 0), ("w8a8", 0)]),
+                                          ("-O1,quantize-int8{granularity=per_group,group=16}",
+                                           [("weight_only", 16), ("weight_only", 0)])])  # K = 40: per channel
+def test_biased_mlp_per_group_and_w8a8_on_the_handwritten_kernel(passes, modes, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 40), torch.nn.GELU(), torch.nn.Linear(40, 48)).eval()
+    c = t2c.compile(model, {"input": _rand(2, 5, 48)}, passes=passes, target="triton", out=str(tmp_path))
+    counts = json.loads((tmp_path / "kernels.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
+    nodes = [node for node in c.graph.nodes if node.op == "qlinear"]
+    assert c.ok is True and counts["handwritten"]["ops"] == {"qlinear": 2}
+    assert [(node.attrs.mode, node.attrs.group) for node in nodes] == modes and len(nodes[-1].inputs) == 4  # a bias
+    for shape in report["validation"]["artifact_vs_ir"]:
+        for out in shape["outputs"]:
+            assert out["ok"] and out["cosine"] > 0.99999 and out["max_abs"] < 1e-3, out
