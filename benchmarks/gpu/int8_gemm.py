@@ -19,6 +19,9 @@ alone), weight-only >= 1.6x bf16 at every decode M. Each case also checks the re
 against the IR reference (`w8a8_bit_identical`, torch.equal) and weight-only against the
 reference in bf16 (`weight_only_max_abs_diff`). Timing is triton.testing.do_bench (CUDA events,
 L2 flushed before each run), median; the first call of each kernel compiles and autotunes it.
+Decode cases are also timed as CUDA graphs (triton.testing.do_bench_cudagraph, `graph_ms`): a
+decode GEMM takes microseconds, about what a Python launch costs, and serving replays graphs; the
+decode target is judged on those times (`targets[...]["timing"]` says which were used).
 
 --smoke runs tiny sizes on the CPU under TRITON_INTERPRET=1 (set here before triton is
 imported) with a wall-clock timer: it checks that the script runs and writes its JSON (the
@@ -115,6 +118,19 @@ def build_case(m: int, n: int, k: int, device):
     return fns, check
 
 
+def graph_time(fn) -> float | None:
+    """Median ms of fn replayed in a CUDA graph (no launch overhead); None where capture fails."""
+    import torch
+    import triton.testing
+
+    try:
+        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+    except Exception as e:  # noqa: BLE001 - a kernel that cannot be captured is reported, not fatal
+        print(f"  (no CUDA-graph time: {type(e).__name__}: {str(e).splitlines()[0][:120]})", flush=True)
+        torch.cuda.synchronize()
+        return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--decode-m", default="1,16", help="comma-separated decode token counts")
@@ -160,26 +176,38 @@ def main() -> int:
                 impls[name] = None
                 continue
             ms = timer(fn)
-            impls[name] = {"ms": ms, "tops": ops / (ms * 1e-3) / 1e12}
-        ratios = {}
+            impls[name] = {"ms": ms, "tops": ops / (ms * 1e-3) / 1e12, "graph_ms": None, "graph_tops": None}
+            if device == "cuda" and phase == "decode":
+                graph_ms = graph_time(fn)
+                if graph_ms:
+                    impls[name].update(graph_ms=graph_ms, graph_tops=ops / (graph_ms * 1e-3) / 1e12)
+        ratios, graph_ratios = {}, {}
         for num in ("w8a8", "w8a8_gemm", "weight_only"):
             for den in ("bf16", "int_mm"):
                 if impls[num] and impls[den]:
                     ratios[f"{num}_vs_{den}"] = impls[den]["ms"] / impls[num]["ms"]
-        case = {"phase": phase, "m": m, "n": n, "k": k, "ops": ops, **impls, "ratios": ratios, **checks}
+                    if impls[num]["graph_ms"] and impls[den]["graph_ms"]:
+                        graph_ratios[f"{num}_vs_{den}"] = impls[den]["graph_ms"] / impls[num]["graph_ms"]
+        case = {"phase": phase, "m": m, "n": n, "k": k, "ops": ops, **impls, "ratios": ratios,
+                "graph_ratios": graph_ratios, **checks}
         cases.append(case)
         cells = " ".join(f"{impls[i]['tops']:11.2f}" if impls[i] else f"{'-':>11s}" for i in IMPLS)
         print(f"{phase:7s} {m:5d} {n:6d} {k:6d} | {cells} | {ratios['w8a8_vs_bf16']:8.2f}x "
-              f"{ratios['weight_only_vs_bf16']:7.2f}x {'yes' if checks['w8a8_bit_identical'] else 'NO':>5s}", flush=True)
+              f"{ratios['weight_only_vs_bf16']:7.2f}x {'yes' if checks['w8a8_bit_identical'] else 'NO':>5s}"
+              + (f"  graphs: w8a8 {graph_ratios['w8a8_vs_bf16']:.2f}x, weight-only {graph_ratios['weight_only_vs_bf16']:.2f}x"
+                 if {"w8a8_vs_bf16", "weight_only_vs_bf16"} <= set(graph_ratios) else ""), flush=True)
         del fns, check
         if device == "cuda":
             torch.cuda.empty_cache()
 
     targets = {}
     for name, num, den, phase, minimum in TARGETS:
-        got = [c["ratios"].get(f"{num}_vs_{den}") for c in cases if c["phase"] == phase]
+        chosen = [c for c in cases if c["phase"] == phase]
+        graphs = bool(chosen) and all(f"{num}_vs_{den}" in c["graph_ratios"] for c in chosen)
+        got = [c["graph_ratios" if graphs else "ratios"].get(f"{num}_vs_{den}") for c in chosen]
         worst = min((r for r in got if r is not None), default=None)
-        targets[name] = {"min_ratio": minimum, "worst": worst, "met": worst is not None and worst >= minimum}
+        targets[name] = {"min_ratio": minimum, "worst": worst, "met": worst is not None and worst >= minimum,
+                         "timing": "cuda_graph" if graphs else "do_bench"}
 
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
