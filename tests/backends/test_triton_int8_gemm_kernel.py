@@ -8,6 +8,10 @@ norm kernels do: the kernel's max error against the reference computed in float6
 inputs is at most twice the error of the reference run by PyTorch on the inputs as they are (in
 x's dtype), plus a floor of float32 rounding noise. The interpreter runs 16 x 32 x 32 tiles, so
 M from 1 to 70, N = 45 and K = 70 or 96 cut every tile edge (and 70 leaves a partial K block).
+What the interpreter cannot show (int8 tensor cores, no FMA contraction, correctly rounded
+division on the GPU) is checked in the PTX the kernels compile to for sm_90, without a GPU.
+End to end: Llama at -O2 (W8A8) and -O1,quantize-int8 (weight-only), and a biased MLP per group,
+compiled to the Triton target with their qlinear nodes on this kernel and validated.
 """
 
 from __future__ import annotations
