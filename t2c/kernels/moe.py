@@ -45,8 +45,11 @@ qexperts (x float32, int8 weights [E, out, in], float32 scales [E, out] or [E, o
                group, the reference's dequantize bit for bit), then an IEEE fp32 dot.
   w8a8:        each projection's input rows are quantised per token inside the GEMM: a first pass
                over the row finds amax, sx = max(amax, 1e-30) / 127, xq = clamp(rne(x / sx), -127,
-               127) with a correctly rounded division; int8 x int8 dots accumulate exactly in int32,
-               and the epilogue computes (float32(acc) * scale) * sx + bias in the reference's order.
+               127) with a correctly rounded division (div_rn: Triton's `/` is approximate on NVIDIA
+               GPUs) and round half to even as (v + 1.5 * 2^23) - 1.5 * 2^23 (the interpreter has no
+               libdevice rint); int8 x int8 dots accumulate exactly in int32 (127 * 127 * in < 2^31:
+               in < 133,000), and the epilogue computes (float32(acc) * scale) * sx + bias in the
+               reference's order, so the up projection is the reference's bit for bit.
 
 Layouts: w_up/w_down in "out_in" ([E, out, in], nn.Linear's) or "in_out" ([E, in, out]); any
 strides (the kernel reads the weights through their strides, nothing is transposed or copied).
