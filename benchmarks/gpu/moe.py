@@ -112,7 +112,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-        experts, topks, token_counts, hidden, inter = [4], [2, 3], [7], 48, 40
+        experts, topks, token_counts, hidden, inter = [4], [2, 3], [7], 40, 24
     else:
         experts, topks, token_counts, hidden, inter = ints(args.experts), ints(args.topk), ints(args.tokens), args.hidden, args.inter
 

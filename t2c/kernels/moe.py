@@ -387,6 +387,8 @@ def _run(x, idx, tw, w_up, w_down, s_up, s_down, b_up, b_down, attrs, *, up_stri
     if k == 0:
         return out.zero_()
     pairs = t * k
+    if block_m is not None and (block_m < 16 or block_m & (block_m - 1)):
+        raise ValueError(f"block_m must be a power of two >= 16 (tl.dot's smallest tile), got {block_m}")
     bm = block_m or block_m_for(pairs, num_experts)
     sorted_pair, block_expert, slot_order = align(idx, num_experts, bm)
     tw = tw.contiguous()
