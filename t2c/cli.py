@@ -198,7 +198,8 @@ def check(model, pipeline, target, inputs, static, trust_model, max_drift, min_c
     from .errors import ValidationError
 
     options = _compile_options(pipeline, target, given, static, True, max_drift=max_drift, min_cosine=min_cosine,
-                               min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate, dtype=dtype)
+                               min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate, dtype=dtype,
+                               per_pass=True)
     if out_dir is not None:
         _check_out_dir(out_dir)
     loaded = _load(model, trust_model, inputs)

@@ -54,6 +54,9 @@ class CompileOptions:
     min_token_agreement: float | None = None
     calibrate: str | None = None  # calibration inputs for passes that measure activations (passes/calibration.py)
     dtype: str | None = None  # float32 | float16 | bfloat16; None: the checkpoint's where the target runs it (precision.py)
+    # Compare the IR after every pass (t2c check); otherwise a run of exact passes is compared once,
+    # after its last pass, and pass by pass only when that comparison fails (_run_passes).
+    per_pass: bool = False
 
     @property
     def backend(self) -> Backend:
@@ -219,14 +222,20 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
 
 
 def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: Progress, traced_reference=()):
-    """Run the pipeline pass by pass; after each, the IR is compared with eager (the drift so far)
-    and with the IR before the pass (what this pass alone changed: exact passes must change nothing).
+    """Run the pipeline; the IR is compared with eager (the drift so far) and with the IR before
+    (what changed: exact passes must change nothing) after every approximate pass and after the
+    last of each run of exact passes. Such a comparison covers the whole run of exact passes; only
+    when it fails are they run again from the graph before them, one comparison per pass, so the
+    one that broke numerics is named. `options.per_pass` compares after every pass (t2c check).
 
     Returns (graph, pass records, the traced IR against `traced_reference`: eager in the
     checkpoint's dtype, the frontend's own exactness)."""
     records = []
     passes = options.pipeline.passes
     traced_graph, fp32_runs = graph, {}
+
+    def exact(i: int) -> bool:
+        return i >= len(passes) or type(passes[i]).exact
 
     def compared(k: int, now, want) -> list[dict]:
         # A half-precision output the tolerance refuses: FlashAttention's rule against the traced IR
@@ -236,37 +245,55 @@ def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: 
             fp32_runs[k] = run_graph(traced_graph, graph_inputs(traced_graph, shapes[k]), upcast=True)
         return [c.as_json() for c in _half_judged(comparisons, now, want, fp32_runs.get(k))]
 
-    previous, layers_before, _ = _run_ir(graph, shapes, bool(eager) and bool(passes) and not type(passes[0]).exact)
+    def measure(i: int, g: Graph, entry: dict, before, layers_before):
+        """Compare the IR after pass i with eager and with `before`; (outputs, layer results)."""
+        current, layers_after, ops = _run_ir(g, shapes, not exact(i) or not exact(i + 1))
+        if not exact(i):
+            entry["bar"] = options.drift_bar(passes[i]).as_json()
+            entry["layers"] = layer_drift(layers_before, layers_after, ops)
+            entry["worst_layers"] = worst_layers(entry["layers"])
+        entry["vs_eager"] = [{"shape": shape_label(inp), "outputs": compared(k, now, want)}
+                             for k, (inp, now, want) in enumerate(zip(shapes, current, eager))]
+        entry["vs_previous"] = [{"shape": shape_label(inp), "outputs": compared(k, now, b)}
+                                for k, (inp, now, b) in enumerate(zip(shapes, current, before))]
+        return current, layers_after
+
+    previous, layers_before, _ = _run_ir(graph, shapes, bool(eager) and bool(passes) and not exact(0))
     traced = [
         {"shape": shape_label(inp), "outputs": [c.as_json() for c in compare_all(now, want)]}
         for inp, now, want in zip(shapes, previous, traced_reference)
     ]
+    unchecked: list[int] = []  # exact passes run since the last comparison
+    before_unchecked = graph
     for i, p in enumerate(passes):
+        defer = bool(eager) and not options.per_pass and exact(i) and i + 1 < len(passes) and exact(i + 1)
+        if defer and not unchecked:
+            before_unchecked = graph.copy()  # to run this stretch of exact passes again if it fails
         graph, (record,) = Pipeline((p,)).run(graph, verify_each=True)
         entry = {
             "pass": record.name, "options": record.options_str, "exact": type(p).exact, "changed": record.changed,
             "stats": record.stats, "seconds": round(record.seconds, 6),
             "nodes_before": record.node_count_before, "nodes_after": record.node_count_after,
         }
-        if eager:
-            probe = not type(p).exact or (i + 1 < len(passes) and not type(passes[i + 1]).exact)
-            current, layers_after, ops = _run_ir(graph, shapes, probe)
-            if not type(p).exact:
-                entry["bar"] = options.drift_bar(p).as_json()
-                entry["layers"] = layer_drift(layers_before, layers_after, ops)
-                entry["worst_layers"] = worst_layers(entry["layers"])
-            layers_before = layers_after
-            entry["vs_eager"] = [
-                {"shape": shape_label(inp), "outputs": compared(k, now, want)}
-                for k, (inp, now, want) in enumerate(zip(shapes, current, eager))
-            ]
-            entry["vs_previous"] = [
-                {"shape": shape_label(inp), "outputs": compared(k, now, before)}
-                for k, (inp, now, before) in enumerate(zip(shapes, current, previous))
-            ]
-            previous = current
         records.append(entry)
         progress("passes", f"{record.name}: {record.node_count_before} -> {record.node_count_after} nodes")
+        if not eager:
+            continue
+        if defer:
+            unchecked.append(i)
+            continue
+        current, layers_after = measure(i, graph, entry, previous, layers_before)
+        stretch = unchecked + [i]
+        unchecked = []
+        if len(stretch) > 1:
+            if all(o["ok"] for c in entry["vs_previous"] for o in c["outputs"]):
+                entry["covers"] = [records[j]["pass"] for j in stretch]
+            else:  # name the pass that broke numerics: the stretch again, one comparison each
+                g, before = before_unchecked, previous
+                for j in stretch:
+                    g, _ = Pipeline((passes[j],)).run(g, verify_each=True)
+                    before, _ = measure(j, g, records[j], before, None)
+        previous, layers_before = current, layers_after
     return graph, records, traced
 
 

@@ -236,7 +236,9 @@ _BINARY = {
     "mul": (aten.mul.Tensor, aten.mul.Scalar), "pow": (aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar),
     "maximum": (aten.maximum.default,), "minimum": (aten.minimum.default,),
     "remainder": (aten.remainder.Tensor, aten.remainder.Scalar), "floor_divide": (aten.floor_divide.default,),
-    "bitwise_and": (aten.bitwise_and.Tensor, aten.bitwise_and.Scalar), "bitwise_or": (aten.bitwise_or.Tensor, aten.bitwise_or.Scalar),
+    # `a & b` on tensors is aten.__and__ until decomposed (the undecomposed export keeps it)
+    "bitwise_and": (aten.bitwise_and.Tensor, aten.bitwise_and.Scalar, aten.__and__.Tensor),
+    "bitwise_or": (aten.bitwise_or.Tensor, aten.bitwise_or.Scalar, aten.__or__.Tensor),
     "logical_and": (aten.logical_and.default,), "logical_or": (aten.logical_or.default,),
     "eq": (aten.eq.Tensor, aten.eq.Scalar), "ne": (aten.ne.Tensor, aten.ne.Scalar), "lt": (aten.lt.Tensor, aten.lt.Scalar),
     "le": (aten.le.Tensor, aten.le.Scalar), "gt": (aten.gt.Tensor, aten.gt.Scalar), "ge": (aten.ge.Tensor, aten.ge.Scalar),
@@ -350,6 +352,29 @@ def _squeeze(conv, x, dims=None):
     elif isinstance(dims, int):
         dims = [dims]
     return conv.emit("squeeze", [v], DimsAttrs(tuple(d % max(v.type.rank, 1) for d in dims)))
+
+
+@conversion(aten.to.device, aten.to.dtype_layout, aten.to.other)
+def _to_any(conv, x, *args, **kwargs):
+    """Tensor.to(device, dtype) / .to(dtype=..., layout=...) / .to(other): a cast to the dtype torch
+    computed (devices do not exist in the IR). Kept whole by the undecomposed export."""
+    return _cast_to(conv, conv.value(x), conv.meta_type().dtype)
+
+
+@conversion(aten.diff.default)
+def _diff(conv, x, n=1, dim=-1, prepend=None, append=None):
+    """torch.diff: x[1:] - x[:-1] along `dim`, n times (xor for bool), after prepend/append."""
+    v = conv.value(x)
+    axis = dim % v.type.rank
+    parts = [conv.value(t) for t in (prepend,) if t is not None] + [v] + [conv.value(t) for t in (append,) if t is not None]
+    if len(parts) > 1:
+        v = conv.emit("cat", parts, AxisAttrs(axis))
+    for _ in range(n):
+        size = v.type.shape[axis]
+        later = conv.emit("slice", [v], SliceAttrs(axis, 1, size, 1))
+        earlier = conv.emit("slice", [v], SliceAttrs(axis, 0, dim_sub(size, 1), 1))
+        v = conv.emit("ne" if v.type.dtype == DType.BOOL else "sub", [later, earlier])
+    return v
 
 
 def _negative(d) -> bool:

@@ -21,6 +21,8 @@ bound a constraint `seq <= N` (see `_export_named` and `Converter._decide_min_ma
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -78,20 +80,26 @@ def flatten_outputs(out: Any) -> tuple[list[str], list[torch.Tensor]]:
     raise UserError(f"the model returned {type(out).__name__}; t2c needs tensors, a tuple of tensors or a dict of tensors")
 
 
-def decomposition_table() -> dict:
-    """Core ATen decompositions, minus the high-level ops t2c keeps whole."""
-    aten = torch.ops.aten
+_aten = torch.ops.aten
+# High-level ops t2c keeps whole (its passes and backends want them as they are).
+_KEPT_WHOLE = frozenset(
+    [_aten.linear.default, _aten.layer_norm.default, _aten.scaled_dot_product_attention.default,
+     _aten.silu.default, _aten.gelu.default, _aten.softmax.int, _aten._softmax.default,
+     _aten.log_softmax.int, _aten._log_softmax.default, _aten.embedding.default]
+    + ([_aten.rms_norm.default] if hasattr(_aten, "rms_norm") else []))
+
+
+@functools.lru_cache(maxsize=1)
+def _core_table() -> dict:
     table = torch.export.default_decompositions()
-    keep = [
-        aten.linear.default, aten.layer_norm.default, aten.scaled_dot_product_attention.default,
-        aten.silu.default, aten.gelu.default, aten.softmax.int, aten._softmax.default,
-        aten.log_softmax.int, aten._log_softmax.default, aten.embedding.default,
-    ]
-    if hasattr(aten, "rms_norm"):
-        keep.append(aten.rms_norm.default)
-    for op in keep:
+    for op in _KEPT_WHOLE:
         table.pop(op, None)
     return table
+
+
+def decomposition_table() -> dict:
+    """Core ATen decompositions, minus the high-level ops t2c keeps whole."""
+    return dict(_core_table())
 
 
 def _dynamic_examples(examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]]) -> dict[str, torch.Tensor]:
@@ -130,8 +138,36 @@ def export(module: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_d
             raise UserError(f"torch.export could not trace the model: {_first_line(e)}") from e
         except Exception as e:  # noqa: BLE001 - surface the first line, keep the cause for --debug
             raise UserError(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
-        ep = ep.run_decompositions(decomposition_table())
+        ep = decomposed(ep)
     return ep, output_names
+
+
+def _convertible(node: torch.fx.Node) -> bool:
+    """Whether _convert_call takes this node as it is (a functional op it has a conversion for)."""
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload) and t._schema.is_mutable:
+        return False
+    if t in SKIPPED_OPS or t in SYMBOLIC_OPS or t in IDENTITY_OPS or t in SCALAR_OPS or t is operator.getitem:
+        return True
+    if t in CONVERSIONS:
+        return True
+    return isinstance(node.meta.get("val"), (torch.SymInt, int)) and not isinstance(node.meta.get("val"), bool)
+
+
+def decomposed(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """The program in ops the frontend converts: torch.export's graph itself when every node is
+    already one (functional, no mutated buffers or inputs), else core ATen via run_decompositions.
+
+    run_decompositions traces the whole program again (about as long as the export itself, the
+    largest share of trace time on a small model); most transformer graphs need none of it.
+    An op without a conversion (or an in-place one) sends the program through the decompositions.
+    """
+    sig = ep.graph_signature
+    mutates = bool(getattr(sig, "buffers_to_mutate", {})) or bool(getattr(sig, "user_inputs_to_mutate", {}))
+    calls = [n for n in ep.graph.nodes if n.op == "call_function"]
+    if not mutates and all(_convertible(n) for n in calls):
+        return ep
+    return ep.run_decompositions(decomposition_table())
 
 
 def _export(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]], *, named: bool, derived: dict[str, int] | None = None):

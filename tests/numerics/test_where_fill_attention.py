@@ -113,8 +113,8 @@ def test_finfo_min_fill_with_position_bias_lifts_exactly(flavor, tmp_path):
     for n in (n for n in compiled.graph.nodes if n.op == "attention"):
         mask = n.inputs[3]
         assert mask.type.dtype.is_float and mask.producer.op == "where", n  # bias where visible, the fill where hidden
-    for record in compiled.report["passes"]:  # every exact pass kept the function (padded rows included)
-        for shape in record["vs_previous"]:
+    for record in compiled.report["passes"]:  # the exact passes kept the function (padded rows included)
+        for shape in record.get("vs_previous", []):  # one comparison covers a run of exact passes
             assert all(o["max_abs"] <= 1e-4 for o in shape["outputs"]), record
     kernel = {"standard": "Attention", "ort": "MultiHeadAttention"}[flavor]  # both read the fill as -inf unless told
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph.node)
