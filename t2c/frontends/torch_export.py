@@ -165,9 +165,25 @@ def decomposed(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram
     sig = ep.graph_signature
     mutates = bool(getattr(sig, "buffers_to_mutate", {})) or bool(getattr(sig, "user_inputs_to_mutate", {}))
     calls = [n for n in ep.graph.nodes if n.op == "call_function"]
-    if not mutates and all(_convertible(n) for n in calls):
+    if not mutates and all(_convertible(n) for n in calls) and all(_polynomial_sizes(n) for n in calls):
         return ep
     return ep.run_decompositions(decomposition_table())
+
+
+def _polynomial_sizes(node: torch.fx.Node) -> bool:
+    """Whether every size of the node's result is a polynomial of the dims (no Max, floor division,
+    modulo...). The retrace of run_decompositions simplifies such sizes with the ranges torch's guards
+    established (`16 - Max(0, 16 - seq)` is `seq` once `seq <= 16` is known); the frontend's guard
+    facts expect sizes in that simplified form, so a program holding others is decomposed."""
+    val = node.meta.get("val")
+    for t in val if isinstance(val, (tuple, list)) else (val,):
+        if isinstance(t, torch.Tensor):
+            for d in t.shape:
+                if isinstance(d, torch.SymInt):
+                    expr = d.node.expr
+                    if not expr.is_polynomial(*expr.free_symbols):
+                        return False
+    return True
 
 
 def _export(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_dims: dict[str, dict[int, str]], *, named: bool, derived: dict[str, int] | None = None):
