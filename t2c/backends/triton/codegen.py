@@ -1,12 +1,13 @@
 """The text of `model.py`: one `forward(P, *inputs)` over the IR, each statement under the IR line it implements.
 
 Every node takes one of four paths, counted in the result (`kernels.json`, model.py's docstring):
-    handwritten  t2c.kernels' launchers for attention, layer_norm, rms_norm, add_norm (handwritten.py)
+    handwritten  t2c.kernels' launchers for attention, norms, linear_attention, qlinear, experts,
+                 qexperts (handwritten.py)
     generated    glue kernels generated from the IR (t2c/kernels/glue.py, grouped by fusion.py),
                  their source written into model.py above `forward`
     torch        matmul/linear as torch calls; shape, gather, embedding, conv, creation ops and
                  the integer/bool elementwise ops through their references, which are torch calls
-    generic      any other op (rope, experts, qlinear, ...) through its eager reference from
+    generic      any other op (rope, a kernel's refused case, ...) through its eager reference from
                  the IR op registry (runtime.run_op): correct everywhere, no Triton kernel
 Attrs objects are built once at import (`A7 = AttentionAttrs(...)`), not on every call.
 """
