@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-moe test install clean
+.PHONY: demo demo-moe test fuzz install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo-moe: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+# The differential fuzzer at length (tests/fuzz/): fresh random models, pipelines and targets;
+# each new failure is shrunk and saved as tests/fuzz/failures/<hash>.json (rerun it with
+# `.venv/bin/python tests/fuzz/reproduce.py FILE`). T2C_FUZZ_EXAMPLES sets examples per round.
+fuzz: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) tests/fuzz/reproduce.py --fuzz --examples $${T2C_FUZZ_EXAMPLES:-2000}
 
 clean:
 	rm -rf $(VENV) examples/build
