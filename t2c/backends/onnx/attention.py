@@ -98,19 +98,27 @@ def _attention_op(ctx, call: AttentionCall) -> str:
         m_t, m = call.mask_t, call.mask
         if m_t.dtype != DType.BOOL:
             m = kernel_bias(ctx, ctx.cast(m, m_t.dtype, dt), dt)
-        if m_t.rank < 4:
-            m = ctx.emit("Unsqueeze", [m, ctx.ints(list(range(4 - m_t.rank)))])
-        if m_t.rank < 2 or not dims_equal(m_t.shape[-2], call.q_t.shape[-2]):
-            # onnxruntime wants the mask's query dim spelled out (a [B,1,1,Sk] padding mask is not taken)
-            sq = ctx.emit("Shape", [inputs[0]], start=2, end=3)
-            m = ctx.emit("Expand", [m, ctx.emit("Concat", [ctx.ints([1, 1]), sq, ctx.ints([1])], axis=0)])
-        inputs.append(m)
+        inputs.append(query_rows(ctx, m, m_t, inputs[0], call.q_t))
     attrs = {"is_causal": int(p.causal), "scale": float(p.scale)}
     if p.softcap > 0:
         attrs["softcap"] = float(p.softcap)
     if dt in (DType.F16, DType.BF16):
         attrs["softmax_precision"] = ONNX_DTYPE[DType.F32]
     return ctx.emit("Attention", inputs, **attrs)
+
+
+def query_rows(ctx, m: str, m_t, q: str, q_t) -> str:
+    """The Attention op's mask with its query dim spelled out: 4-d, [.., Sq, Sk].
+
+    onnxruntime's Attention does not broadcast the mask over queries (a [B,1,1,Sk] padding
+    row fails with "inconsistent q_sequence_length"), so such a mask is expanded to Sq rows.
+    """
+    if m_t.rank < 4:
+        m = ctx.emit("Unsqueeze", [m, ctx.ints(list(range(4 - m_t.rank)))])
+    if m_t.rank < 2 or not dims_equal(m_t.shape[-2], q_t.shape[-2]):
+        sq = ctx.emit("Shape", [q], start=2, end=3)
+        m = ctx.emit("Expand", [m, ctx.emit("Concat", [ctx.ints([1, 1]), sq, ctx.ints([1])], axis=0)])
+    return m
 
 
 def kernel_bias(ctx, m: str, dt: DType) -> str:
@@ -240,8 +248,10 @@ def _sdpa(ctx, node):
     if node.inputs[0].type.rank == 4:
         a = node.attrs
         inputs = [arg(ctx, node, i) for i in range(len(node.inputs))]
-        if len(inputs) > 3 and node.inputs[3].type.dtype.is_float:  # added like any number, as in torch
-            inputs[3] = kernel_bias(ctx, inputs[3], node.inputs[3].type.dtype)
+        if len(inputs) > 3:
+            if node.inputs[3].type.dtype.is_float:  # added like any number, as in torch
+                inputs[3] = kernel_bias(ctx, inputs[3], node.inputs[3].type.dtype)
+            inputs[3] = query_rows(ctx, inputs[3], node.inputs[3].type, inputs[0], node.inputs[0].type)
         attrs = {"is_causal": int(a.is_causal)}
         if a.scale is not None:
             attrs["scale"] = float(a.scale)
