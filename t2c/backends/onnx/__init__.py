@@ -17,6 +17,7 @@ Files, one concept each:
     flavors.py            flavors as overlays on the table; ort_attention.py, ort_experts.py and ort_fusions.py fill `ort`'s
     context.py            tensor names, initializers, run-time dims
     model.py              assembles and checks the ModelProto
+    external.py           weights past 1 GiB written to model.onnx.data while lowering (no >2 GiB protobuf)
     runtime.py            OnnxSession (ONNX Runtime, torch tensors in and out)
 This package is the only one in t2c that imports onnx or onnxruntime.
 """
@@ -36,39 +37,31 @@ from .flavors import FLAVORS
 from .lowering import LOWERINGS, check_complete, lowers
 from . import activations, attention, blocked_attention, conv, data_dependent, experts, linear_attention, norms, qexperts, quant, rope  # noqa: E402,F401  (their @lowers entries join the table)
 from . import ort_attention, ort_experts, ort_fusions  # noqa: E402,F401  (the ort overlay)
+from .external import EXTERNAL_DATA_THRESHOLD, initializer_bytes, save_model
 from .model import MIN_OPSET, build_model
 from .runtime import OnnxSession
 
-EXTERNAL_DATA_THRESHOLD = 1 << 30  # weights beyond 1 GiB go to model.onnx.data
 
-
-def lower(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard", static: bool = False) -> onnx.ModelProto:
+def lower(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard", static: bool = False,
+          external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> onnx.ModelProto:
     """Lower `graph` to an ONNX model; inputs and outputs keep the IR's names.
 
     Dynamic dims become dim_params named after their symbol (`batch`, `seq`);
     `static=True` requires every input dim to be an int. The model passes
     onnx.checker (full) and strict shape inference, or LoweringError is raised.
+    Initializers beyond `external_threshold` bytes in all are written out while lowering
+    (external.py): the model holds references to them and only `save` can write it.
     """
-    return build_model(graph, opset=opset, flavor=flavor, static=static)
+    return build_model(graph, opset=opset, flavor=flavor, static=static, external_threshold=external_threshold)
 
 
-def initializer_bytes(model: onnx.ModelProto) -> int:
-    """Total size of the model's initializers in bytes."""
-    total = 0
-    for t in model.graph.initializer:
-        total += len(t.raw_data) if t.HasField("raw_data") else onnx.numpy_helper.to_array(t).nbytes
-    return total
+def save(model: onnx.ModelProto, out_dir: str, *, external_threshold: int = EXTERNAL_DATA_THRESHOLD, move: bool = False) -> str:
+    """Write `out_dir/model.onnx`; weights go to `model.onnx.data` when they exceed the threshold.
 
-
-def save(model: onnx.ModelProto, out_dir: str, *, external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> str:
-    """Write `out_dir/model.onnx`; weights go to `model.onnx.data` when they exceed the threshold."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "model.onnx")
-    if initializer_bytes(model) > external_threshold:
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
-    else:
-        onnx.save_model(model, path)
-    return path
+    A model lowered with external weights always gets model.onnx.data (its spill file, moved
+    with `move=True` or else linked/copied); an inline one past `external_threshold` is split.
+    """
+    return save_model(model, out_dir, external_threshold=external_threshold, move=move)
 
 
 @dataclass(frozen=True)
@@ -100,7 +93,7 @@ class OnnxBackend(Backend):
         return lower(graph, opset=options.opset, flavor=options.flavor)
 
     def save(self, artifact: onnx.ModelProto, folder: str, options: OnnxOptions) -> None:
-        save(artifact, folder)
+        save(artifact, folder, move=True)  # the compiler saves its artifact once: its spill file becomes model.onnx.data
 
     def load(self, folder: str, options: OnnxOptions) -> OnnxSession:
         return OnnxSession(os.path.join(folder, self.artifact))

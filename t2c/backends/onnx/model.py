@@ -7,7 +7,8 @@ from onnx import helper
 
 from ...errors import UserError
 from ...ir.core import Graph, SymDim, TensorType
-from .context import ONNX_DTYPE, Context, LoweringError
+from .context import ONNX_DTYPE, LoweringError
+from .external import EXTERNAL_DATA_THRESHOLD, SpillingContext, check_spilled, spill_path
 from .flavors import get_flavor
 from .lowering import lower_node
 
@@ -27,8 +28,13 @@ def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, ONNX_DTYPE[t.dtype], shape)
 
 
-def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard", static: bool = False) -> onnx.ModelProto:
-    """Lower every node of `graph` and wrap the result in a checked ModelProto."""
+def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard", static: bool = False,
+                external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> onnx.ModelProto:
+    """Lower every node of `graph` and wrap the result in a checked ModelProto.
+
+    Initializers beyond `external_threshold` bytes in all are written to a spill file while
+    lowering (external.py): the ModelProto then holds references, never the weights' bytes.
+    """
     fl = get_flavor(flavor)
     if not isinstance(opset, int) or opset < MIN_OPSET:
         raise UserError(f"the ONNX backend needs opset {MIN_OPSET} or newer, got {opset}")
@@ -39,7 +45,7 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
         if dynamic:
             raise UserError(f"static=True needs static input shapes; trace with static shapes ({', '.join(dynamic)})")
 
-    ctx = Context(graph, opset, flavor=fl)
+    ctx = SpillingContext(graph, opset, flavor=fl, threshold=external_threshold)
     _check_constraints(ctx, graph)
     for node in graph.nodes:
         ctx.current_op = node.op
@@ -65,6 +71,7 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, allowed[d]) for d in sorted(used)]
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="t2c")
     model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)  # contrib domains have no IR table
+    ctx.finish(model)
     check(model)
     return model
 
@@ -102,7 +109,10 @@ def _check_constraints(ctx: Context, graph: Graph) -> None:
 def check(model: onnx.ModelProto) -> None:
     """onnx.checker (full) and strict shape inference; a failure names the ONNX node and its IR op."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        if spill_path(model) is not None:  # weights in a spill file (external.py): checked from a file beside it
+            check_spilled(model)
+        else:
+            onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise LoweringError(f"the lowered ONNX model fails its checks (node names read <IR op>/<ONNX op>): {e}") from e
