@@ -3,7 +3,11 @@ device check, size lists and the JSON file."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import platform
+import re
 import statistics
 import sys
 import time
@@ -48,3 +52,18 @@ def write_json(path: str, doc: dict) -> None:
     with open(path, "w") as f:
         json.dump(doc, f, indent=2, default=str)
     print(f"\nwrote {path}" + (f"  ({doc['run_s']:.0f} s)" if "run_s" in doc else ""))
+
+
+def result_doc(benchmark: str, device_name: str, smoke: bool, out: str) -> tuple[str, dict]:
+    """(path, the fields every GPU result starts with): OUT/<benchmark>-<device>-<date>.json, the
+    device ("cpu-interpreter" in smoke mode), host, platform and versions."""
+    import torch
+    import triton
+
+    os.makedirs(out, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", "cpu-interpreter" if smoke else device_name)
+    return os.path.join(out, f"{benchmark}-{slug}-{stamp}.json"), {
+        "benchmark": benchmark, "device": device_name, "host": platform.node() or "host",
+        "platform": platform.platform(), "torch": torch.__version__, "triton": triton.__version__, "smoke": smoke,
+    }

@@ -36,14 +36,11 @@ Prints a table and writes <out>/gpu_int8_gemm-<device>-<date>.json (default out:
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import re
 import sys
 import time
 
-from _bench import cuda_device, ints, make_timer, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
+from _bench import cuda_device, ints, make_timer, result_doc, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -209,18 +206,8 @@ def main() -> int:
         targets[name] = {"min_ratio": minimum, "worst": worst, "met": worst is not None and worst >= minimum,
                          "timing": "cuda_graph" if graphs else "do_bench"}
 
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", "cpu-interpreter" if args.smoke else device_name)
-    path = os.path.join(args.out, f"gpu_int8_gemm-{slug}-{stamp}.json")
-    doc = {
-        "benchmark": "gpu_int8_gemm",
-        "device": device_name,
-        "host": platform.node() or "host",
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "smoke": args.smoke,
+    path, doc = result_doc("gpu_int8_gemm", device_name, args.smoke, args.out)
+    doc.update({
         "impls": {
             "w8a8": "t2c qlinear w8a8: float32 x, per-token quantize kernel + int8 GEMM (scales, bias in the epilogue)",
             "w8a8_gemm": "t2c int8 GEMM alone on quantized x",
@@ -234,7 +221,7 @@ def main() -> int:
         "cases": cases,
         "all_w8a8_bit_identical": all(c["w8a8_bit_identical"] for c in cases),
         "run_s": time.perf_counter() - started,
-    }
+    })
     write_json(path, doc)
     print("targets: " + ", ".join(f"{n} {t['worst']:.2f}x (>= {t['min_ratio']}: {'met' if t['met'] else 'NOT met'})"
                                   if t["worst"] is not None else f"{n} -" for n, t in targets.items()))

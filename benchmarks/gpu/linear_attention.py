@@ -26,14 +26,11 @@ Prints a table and writes <out>/gpu_linear_attention-<device>-<date>.json (defau
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import re
 import sys
 import time
 
-from _bench import cuda_device, ints, make_timer, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
+from _bench import cuda_device, ints, make_timer, result_doc, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -145,18 +142,8 @@ def main() -> int:
         print(f"left out for time (--budget-s {args.budget_s:g}): "
               + ", ".join(f"{c['structure']} S={c['seq']}" for c in left_out))
 
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", "cpu-interpreter" if args.smoke else device_name)
-    path = os.path.join(args.out, f"gpu_linear_attention-{slug}-{stamp}.json")
-    doc = {
-        "benchmark": "gpu_linear_attention",
-        "device": device_name,
-        "host": platform.node() or "host",
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "smoke": args.smoke,
+    path, doc = result_doc("gpu_linear_attention", device_name, args.smoke, args.out)
+    doc.update({
         "dtype": "bfloat16",
         "baseline": baseline,
         "note": "forward only; t2c computes linear attention (phi = elu + 1), SDPA softmax attention: "
@@ -165,7 +152,7 @@ def main() -> int:
         "run_s": round(time.perf_counter() - t_run, 1),
         "cases": cases,
         "left_out": left_out,
-    }
+    })
     write_json(path, doc)
     return 0
 

@@ -31,14 +31,11 @@ Prints a table and writes <out>/gpu_moe-<device>-<date>.json (default out: bench
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import re
 import sys
 import time
 
-from _bench import cuda_device, ints, make_timer, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
+from _bench import cuda_device, ints, make_timer, result_doc, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -170,19 +167,9 @@ def main() -> int:
                 if device == "cuda":
                     torch.cuda.empty_cache()
 
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", "cpu-interpreter" if args.smoke else device_name)
-    path = os.path.join(args.out, f"gpu_moe-{slug}-{stamp}.json")
-    doc = {
-        "benchmark": "gpu_moe",
-        "device": device_name,
-        "host": platform.node() or "host",
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
+    path, doc = result_doc("gpu_moe", device_name, args.smoke, args.out)
+    doc.update({
         "transformers": transformers.__version__,
-        "smoke": args.smoke,
         "dtype": "bfloat16",
         "module": "transformers MixtralExperts (SwiGLU, out_in)",
         "flops": "2 * T * k * (H * 2I + I * H): the expert GEMMs",
@@ -190,7 +177,7 @@ def main() -> int:
         "target": ">= 5x hf_eager at E=64, k=8, T=8192",
         "run_s": time.perf_counter() - start,
         "cases": cases,
-    }
+    })
     write_json(path, doc)
     return 0
 

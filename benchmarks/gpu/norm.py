@@ -29,13 +29,10 @@ Prints a table and writes <out>/gpu_norm-<device>-<date>.json (default out: benc
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import re
 import sys
 
-from _bench import cuda_device, ints, make_timer, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
+from _bench import cuda_device, ints, make_timer, result_doc, write_json  # benchmarks/gpu/_bench.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -188,18 +185,8 @@ def main() -> int:
                 if device == "cuda":
                     torch.cuda.empty_cache()
 
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", "cpu-interpreter" if args.smoke else device_name)
-    path = os.path.join(args.out, f"gpu_norm-{slug}-{stamp}.json")
-    doc = {
-        "benchmark": "gpu_norm",
-        "device": device_name,
-        "host": platform.node() or "host",
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "smoke": args.smoke,
+    path, doc = result_doc("gpu_norm", device_name, args.smoke, args.out)
+    doc.update({
         "dtype": "bfloat16",
         "peak_bandwidth_gbs": peak / 1e9 if peak else None,
         "peak_table_entry": peak_entry,
@@ -207,7 +194,7 @@ def main() -> int:
         "bytes": "fused traffic: x (and residual) read, y (and the sum) written, weight/bias read once",
         "timing": "wall clock, 3 runs (interpreter)" if args.smoke else "triton.testing.do_bench median",
         "cases": cases,
-    }
+    })
     write_json(path, doc)
     return 0
 

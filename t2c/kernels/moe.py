@@ -76,7 +76,7 @@ import triton
 import triton.language as tl
 
 from ..ir.opdefs.experts import ACTIVATIONS, ExpertsAttrs
-from ..ir.opdefs.quant import MODES, QMAX, TINY, QExpertsAttrs
+from ..ir.opdefs.quant import MODES, QExpertsAttrs
 from .norm import _round_to
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -8,7 +8,6 @@ import re
 import shlex
 import xml.etree.ElementTree as ET
 
-import pytest
 
 from t2c.check import cases_from_report
 from t2c.cli import main

@@ -13,7 +13,6 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 import t2c
 from t2c.errors import ValidationError
