@@ -9,21 +9,16 @@ captured forward on a routing the probe never saw, or be one t2c knowingly leave
 
 from __future__ import annotations
 
-import importlib
-import os
-import pkgutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import transformers
-
 from t2c.frontends.experts_search import has_experts_call, search
 from t2c.frontends.hf_experts import _captured_forward, captured_experts, is_experts_module
 
-from test_hf_experts_capture import PermissiveConfig  # noqa: E402  (tests/unit is on sys.path)
+from test_hf_experts_capture import PermissiveConfig, modeling_classes  # noqa: E402  (tests/unit is on sys.path)
 
 class Config(PermissiveConfig):
     """The permissive config, plus the fields these classes read in a shape of their own."""
@@ -37,22 +32,9 @@ NOT_DESCRIBED = {"LongcatFlashExperts": "identity experts"}
 
 
 def undecorated_classes() -> list[type]:
-    root = os.path.dirname(transformers.models.__file__)
-    found = []
-    for info in pkgutil.iter_modules([root]):
-        folder = os.path.join(root, info.name)
-        for fname in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if not (fname.startswith("modeling_") and fname.endswith(".py")):
-                continue
-            try:
-                module = importlib.import_module(f"transformers.models.{info.name}.{fname[:-3]}")
-            except Exception:  # noqa: BLE001 - a family whose optional dependencies are missing
-                continue
-            for obj in vars(module).values():
-                if (isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__
-                        and has_experts_call(obj) and not hasattr(obj.forward, "__wrapped__")):
-                    found.append(obj)
-    return found
+    """Modules of the installed transformers with the experts call that the decorator does not mark."""
+    return [cls for cls in modeling_classes() if issubclass(cls, nn.Module) and has_experts_call(cls)
+            and not hasattr(cls.forward, "__wrapped__")]
 
 
 CLASSES = undecorated_classes()

@@ -47,27 +47,30 @@ class PermissiveConfig:
         raise AttributeError(key)
 
 
-def decorated_classes() -> list[type]:
-    """The experts classes of the installed transformers (found by the decorator's use, confirmed by its flags)."""
+def modeling_classes(mentions: str | None = None):
+    """Every class defined in the installed transformers' modeling files (those whose text has
+    `mentions`, when given); a family whose optional dependencies are missing is passed over."""
     root = os.path.dirname(transformers.models.__file__)
-    found = []
     for info in pkgutil.iter_modules([root]):
         folder = os.path.join(root, info.name)
         for fname in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
             if not (fname.startswith("modeling_") and fname.endswith(".py")):
                 continue
-            with open(os.path.join(folder, fname), encoding="utf-8") as f:
-                if "use_experts_implementation" not in f.read():
-                    continue
+            if mentions is not None:
+                with open(os.path.join(folder, fname), encoding="utf-8") as f:
+                    if mentions not in f.read():
+                        continue
             try:
                 module = importlib.import_module(f"transformers.models.{info.name}.{fname[:-3]}")
             except Exception:  # noqa: BLE001 - a family whose optional dependencies are missing
                 continue
-            for obj in vars(module).values():
-                init = getattr(obj, "__init__", None)
-                if isinstance(obj, type) and obj.__module__ == module.__name__ and "has_gate" in getattr(getattr(init, "__code__", None), "co_freevars", ()):
-                    found.append(obj)
-    return found
+            yield from (obj for obj in vars(module).values() if isinstance(obj, type) and obj.__module__ == module.__name__)
+
+
+def decorated_classes() -> list[type]:
+    """The experts classes of the installed transformers (found by the decorator's use, confirmed by its flags)."""
+    return [cls for cls in modeling_classes("use_experts_implementation")
+            if "has_gate" in getattr(getattr(cls.__init__, "__code__", None), "co_freevars", ())]
 
 
 CLASSES = decorated_classes()
