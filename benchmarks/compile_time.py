@@ -1,19 +1,21 @@
 """Compile time as a user meets it: whole processes, t2c against torch.onnx.export, same model.
 
-The model is a Hugging Face Llama folder (config.json + model.safetensors, random weights, seed 0;
-2 layers, hidden 256 by default), as a user would have on disk. Each repetition runs, in a fresh
-Python process each and in turn (so machine noise falls on all three alike):
+The models are the zoo's families (gpt2, llama, mistral, bert, mixtral) at 2 layers, hidden 256,
+saved as Hugging Face folders (config.json + model.safetensors, random weights, seed 0), as a user
+would have them on disk. Each repetition runs, for each model, in a fresh Python process each and in
+turn (so machine noise falls on all three alike):
 
   t2c            `t2c compile DIR -o OUT`                  (trace, passes, ONNX, validation)
   t2c-novalid    `t2c compile DIR -o OUT --no-validate`
-  anchor         a script that loads the folder with transformers, builds the same example input
-                 (input_ids 1 x 128) and calls torch.onnx.export(dynamo=True) (benchmarks/anchors.py)
+  anchor         a script that loads the folder with transformers, builds the inputs t2c compiled
+                 with (names and shape from t2c's report: token ids, a mask of ones, token types of
+                 zeros) and calls torch.onnx.export(dynamo=True) (benchmarks/anchors.py)
 
 It prints the median wall time of each and the ratios to the anchor, plus t2c's own stage timings
 (report.json), and writes benchmarks/results/compile_time-<host>-<date>.json. Ratios from the same
 run only: these machines are shared.
 
-    .venv/bin/python benchmarks/compile_time.py [--repeat 3] [--hidden 256] [--layers 2]
+    .venv/bin/python benchmarks/compile_time.py [--models llama,bert] [--repeat 3] [--hidden 256] [--layers 2]
 """
 
 from __future__ import annotations
@@ -38,20 +40,48 @@ ANCHOR_SCRIPT = """
 import sys, torch, transformers
 sys.path.insert(0, {here!r})
 from anchors import torch_onnx_export
-model = transformers.AutoModelForCausalLM.from_pretrained({folder!r}).eval()
-ids = torch.randint(0, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0))
-torch_onnx_export(model, {{"input_ids": ids}}, {out!r})
+model = getattr(transformers, {model_class!r}).from_pretrained({folder!r}).eval()
+gen = torch.Generator().manual_seed(0)
+inputs = {{}}
+for name, shape in {inputs!r}.items():
+    if name == "input_ids":
+        inputs[name] = torch.randint(0, model.config.vocab_size, shape, generator=gen)
+    else:  # attention_mask: ones; token_type_ids: zeros
+        inputs[name] = torch.ones(shape, dtype=torch.long) if name == "attention_mask" else torch.zeros(shape, dtype=torch.long)
+torch_onnx_export(model, inputs, {out!r})
 """
 
+# family -> (config class, model class, extra config fields); sizes from --hidden / --layers
+FAMILIES = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {}),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 64}),
+    "bert": ("BertConfig", "BertModel", {}),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+}
 
-def build_folder(path: str, hidden: int, layers: int) -> None:
+
+def build_folder(path: str, family: str, hidden: int, layers: int) -> str:
+    """Save the family's model as a Hugging Face folder; returns its model class name."""
     import torch
     import transformers
 
-    cfg = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
-                                   num_attention_heads=max(hidden // 32, 1), num_key_value_heads=max(hidden // 64, 1), vocab_size=1000)
+    config_class, model_class, extra = FAMILIES[family]
+    heads = max(hidden // 32, 1)
+    sizes = ({"n_embd": hidden, "n_layer": layers, "n_head": heads, "n_positions": 512} if family == "gpt2" else
+             {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads, "intermediate_size": hidden * 4})
+    if family in ("llama", "mistral", "mixtral"):
+        sizes["num_key_value_heads"] = max(heads // 2, 1)
+    cfg = getattr(transformers, config_class)(vocab_size=1000, **sizes, **extra)
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    getattr(transformers, model_class)(cfg).eval().save_pretrained(path)
+    return model_class
+
+
+def compiled_inputs(report: dict) -> dict[str, tuple[int, ...]]:
+    """The traced example's input names and shapes, from report.json's first validation shape."""
+    label = report["validation"]["artifact_vs_ir"][0]["shape"]  # "input_ids=1x128, attention_mask=1x128"
+    return {name: tuple(int(d) for d in dims.split("x")) for name, dims in (part.split("=") for part in label.split(", "))}
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -65,6 +95,7 @@ def timed(cmd: list[str], env: dict) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(FAMILIES))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
@@ -72,39 +103,45 @@ def main() -> None:
     args = ap.parse_args()
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ROOT}
+    rows = {}
     with tempfile.TemporaryDirectory(prefix="t2c-compile-time-") as tmp:
-        folder = os.path.join(tmp, "llama")
-        build_folder(folder, args.hidden, args.layers)
-        anchor_py = os.path.join(tmp, "anchor.py")
-        with open(anchor_py, "w") as f:
-            f.write(ANCHOR_SCRIPT.format(here=HERE, folder=folder, out=os.path.join(tmp, "anchor.onnx")))
-        commands = {
-            "t2c": T2C + ["compile", folder, "-o", os.path.join(tmp, "t2c")],
-            "t2c-novalid": T2C + ["compile", folder, "-o", os.path.join(tmp, "t2c-nv"), "--no-validate"],
-            "anchor": [PY, anchor_py],
-        }
-        times: dict[str, list[float]] = {k: [] for k in commands}
-        stages: list[dict] = []
-        for r in range(args.repeat):
-            for name, cmd in commands.items():
-                times[name].append(timed(cmd, env))
-                print(f"  run {r + 1}/{args.repeat} {name:<12} {times[name][-1]:6.2f} s", flush=True)
-            with open(os.path.join(tmp, "t2c", "report.json")) as f:
-                stages.append(json.load(f)["timings"])
+        for family in args.models.split(","):
+            folder = os.path.join(tmp, family)
+            model_class = build_folder(folder, family, args.hidden, args.layers)
+            out = os.path.join(tmp, f"{family}-t2c")
+            commands = {
+                "t2c": T2C + ["compile", folder, "-o", out],
+                "t2c-novalid": T2C + ["compile", folder, "-o", os.path.join(tmp, f"{family}-nv"), "--no-validate"],
+            }
+            times: dict[str, list[float]] = {"t2c": [], "t2c-novalid": [], "anchor": []}
+            stages: list[dict] = []
+            for r in range(args.repeat):
+                for name, cmd in commands.items():
+                    times[name].append(timed(cmd, env))
+                with open(os.path.join(out, "report.json")) as f:
+                    report = json.load(f)
+                stages.append(report["timings"])
+                anchor_py = os.path.join(tmp, f"{family}-anchor.py")
+                with open(anchor_py, "w") as f:
+                    f.write(ANCHOR_SCRIPT.format(here=HERE, model_class=model_class, folder=folder, inputs=compiled_inputs(report),
+                                                 out=os.path.join(tmp, f"{family}-anchor.onnx")))
+                times["anchor"].append(timed([PY, anchor_py], env))
+                print(f"  {family} run {r + 1}/{args.repeat}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows[family] = {"seconds": times, "median_s": med, "ratio_to_anchor": {k: round(v / med["anchor"], 3) for k, v in med.items()},
+                            "t2c_stages_median_s": {k: round(statistics.median(s[k] for s in stages), 3) for k in stages[0]},
+                            "inputs": compiled_inputs(report)}
 
-    med = {k: statistics.median(v) for k, v in times.items()}
-    stage_med = {k: round(statistics.median(s[k] for s in stages), 3) for k in stages[0]}
-    print(f"\nwhole processes, median of {args.repeat} (Llama folder: {args.layers} layers, hidden {args.hidden})")
-    for k, v in med.items():
-        print(f"  {k:<12} {v:6.2f} s   {v / med['anchor']:.2f}x the anchor")
-    print(f"  t2c's stages (report.json): {stage_med}; the rest of its process is imports, loading and eager runs")
+    print(f"\nwhole processes, median of {args.repeat} ({args.layers} layers, hidden {args.hidden}); ratio = time / torch.onnx.export's")
+    print(f"{'model':<9} {'t2c':>8} {'ratio':>6} {'no-valid':>9} {'ratio':>6} {'anchor':>8}")
+    for family, row in rows.items():
+        m, r = row["median_s"], row["ratio_to_anchor"]
+        print(f"{family:<9} {m['t2c']:8.2f} {r['t2c']:6.2f} {m['t2c-novalid']:9.2f} {r['t2c-novalid']:6.2f} {m['anchor']:8.2f}")
     doc = {
         "benchmark": "compile_time", "host": platform.node(), "python": platform.python_version(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
-        "model": {"family": "llama", "layers": args.layers, "hidden": args.hidden, "input": "input_ids 1x128"},
-        "seconds": times, "median_s": med, "ratio_to_anchor": {k: round(v / med["anchor"], 3) for k, v in med.items()},
-        "t2c_stages_median_s": stage_med,
+        "layers": args.layers, "hidden": args.hidden, "repeat": args.repeat, "models": rows,
     }
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"compile_time-{platform.node()}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
