@@ -171,3 +171,35 @@ def test_lower_and_save_hold_no_copy_of_the_weights():
     assert r["data"] >= r["weights"] and r["header"] < 64 * 1024
     assert r["traced_peak"] < r["weights"] / 20, r  # no bytes object / buffer near the weights' size
     assert r["rss_growth"] < r["weights"] / 2, r  # a few tensors (allocator slack), never a copy of the weights
+
+
+def test_inline_models_checked_and_written_without_whole_copies(tmp_path, monkeypatch):
+    """Past CHECK_INLINE_MAX (forced to 0 here) an inline model is checked from a header plus a
+    temporary data file and written as concatenated protobuf chunks: one file, the same model."""
+    from t2c.backends.onnx import external
+    from t2c.backends.onnx.context import LoweringError
+    from t2c.backends.onnx.model import check
+
+    model, examples = zoo.build("llama")
+    graph = trace(model, examples)
+    plain = lower(graph)
+    monkeypatch.setattr(external, "CHECK_INLINE_MAX", 0)
+    monkeypatch.setattr("t2c.backends.onnx.model.CHECK_INLINE_MAX", 0)
+    proto = lower(graph)
+    assert proto.SerializeToString() == plain.SerializeToString()
+    path = save(proto, str(tmp_path))
+    assert os.listdir(tmp_path) == ["model.onnx"]
+    back = onnx.load(path)
+    assert {t.name: t.SerializeToString() for t in back.graph.initializer} == {t.name: t.SerializeToString() for t in plain.graph.initializer}
+    assert back.graph.node == plain.graph.node and back.opset_import == plain.opset_import and back.ir_version == plain.ir_version
+    ids = examples["input_ids"]
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(["logits"], {"input_ids": ids.numpy()})[0]
+    assert np.abs(got - run_graph(graph, {"input_ids": ids})["logits"].numpy()).max() < 1e-4
+    broken = onnx.ModelProto()
+    broken.CopyFrom(plain)
+    broken.graph.node.append(onnx.helper.make_node("Add", ["logits", "no_such_tensor"], ["z"]))
+    try:
+        check(broken)
+        raise AssertionError("the header check must still reject a broken model")
+    except LoweringError as e:
+        assert "no_such_tensor" in str(e)

@@ -183,6 +183,79 @@ def check_spilled(model: onnx.ModelProto) -> None:
         os.unlink(header)
 
 
+CHECK_INLINE_MAX = 64 << 20  # an inline model with more weights is checked from a header + temporary data file
+
+
+def check_inline_header(model: onnx.ModelProto) -> None:
+    """onnx.checker (full) and strict shape inference on an inline model, its weights moved aside.
+
+    Checking a ModelProto in memory serializes and parses it several times (about 6 copies of
+    its weights at once); this writes each initializer past INLINE_MAX to a temporary data file,
+    one at a time, and checks a header that refers to it.
+    """
+    folder = tempfile.mkdtemp(prefix="t2c-check-")
+    try:
+        header = onnx.ModelProto()
+        for field, value in model.ListFields():
+            if field.name != "graph":
+                _copy_field(header, field, value)
+        for field, value in model.graph.ListFields():
+            if field.name != "initializer":
+                _copy_field(header.graph, field, value)
+        writer = DataWriter(os.path.join(folder, DATA_FILE))
+        try:
+            for proto in model.graph.initializer:
+                if not proto.HasField("raw_data") or len(proto.raw_data) <= INLINE_MAX:
+                    header.graph.initializer.append(proto)
+                    continue
+                t = header.graph.initializer.add(name=proto.name, data_type=proto.data_type, dims=proto.dims)
+                offset, length = writer.write(proto.raw_data)
+                _set_external(t, offset, length)
+        finally:
+            writer.close()
+        path = os.path.join(folder, "model.onnx")
+        onnx.save_model(header, path)
+        onnx.checker.check_model(path, full_check=True)
+        onnx.shape_inference.infer_shapes(header, check_type=True, strict_mode=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_inline_streamed(model: onnx.ModelProto, path: str) -> None:
+    """Write an inline model as one file without serializing it whole (a copy of its weights).
+
+    Protobuf merges concatenated messages (repeated fields append, sub-messages merge), so
+    model.onnx is the model without its large initializers followed by one
+    ModelProto{graph{initializer: [t]}} per large initializer, each serialized on its own: any
+    protobuf reader (onnx.load, ONNX Runtime) parses the file as the whole model.
+    """
+    large = [t for t in model.graph.initializer if t.ByteSize() > INLINE_MAX]
+    names = {t.name for t in large}
+    header = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _copy_field(header, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(header.graph, field, value)
+    header.graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
+    with open(path, "wb") as f:
+        f.write(header.SerializeToString())
+        for t in large:
+            chunk = onnx.ModelProto()
+            chunk.graph.initializer.append(t)
+            f.write(chunk.SerializeToString())
+
+
+def _copy_field(dst, field, value) -> None:
+    if field.is_repeated:
+        getattr(dst, field.name).extend(value)
+    elif field.message_type is not None:
+        getattr(dst, field.name).CopyFrom(value)
+    else:
+        setattr(dst, field.name, value)
+
+
 def _header(model: onnx.ModelProto, location: str | None = DATA_FILE) -> onnx.ModelProto:
     """A copy of `model` without t2c's spill entry, its external tensors read from `location`
     (None: unchanged). Cheap: the weights are external."""
@@ -228,8 +301,12 @@ def save_model(model: onnx.ModelProto, out_dir: str, *, external_threshold: int 
                 shutil.copyfile(spill, data)
         onnx.save_model(_header(model), path)
         return path
-    if initializer_bytes(model) <= external_threshold:
-        onnx.save_model(model, path)
+    total = initializer_bytes(model)
+    if total <= external_threshold:
+        if total > CHECK_INLINE_MAX:
+            _write_inline_streamed(model, path)
+        else:
+            onnx.save_model(model, path)
         return path
     out = onnx.ModelProto()
     out.CopyFrom(model)

@@ -8,7 +8,7 @@ from onnx import helper
 from ...errors import UserError
 from ...ir.core import Graph, SymDim, TensorType
 from .context import ONNX_DTYPE, LoweringError
-from .external import EXTERNAL_DATA_THRESHOLD, SpillingContext, check_spilled, spill_path
+from .external import CHECK_INLINE_MAX, EXTERNAL_DATA_THRESHOLD, SpillingContext, check_inline_header, check_spilled, initializer_bytes, spill_path
 from .flavors import get_flavor
 from .lowering import lower_node
 
@@ -61,7 +61,6 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
         graph.name,
         [value_info(v.name, v.type) for v in graph.inputs],
         [value_info(name, v.type) for name, v in graph.outputs],
-        initializer=list(ctx.initializers.values()),
     )
     # Import only the extra domains the nodes use, so a model without contrib ops is plain ai.onnx.
     used = {n.domain for n in ctx.nodes if n.domain not in ("", "ai.onnx")}
@@ -70,6 +69,10 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
         raise LoweringError(f"flavor {fl.name!r} may not use operator domains {sorted(used - set(allowed))}")
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, allowed[d]) for d in sorted(used)]
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="t2c")
+    # Initializers join the model last and leave the context at once: an inline model's weights
+    # are then copied once (make_graph and make_model would each copy them again).
+    model.graph.initializer.extend(ctx.initializers.values())
+    ctx.initializers.clear()
     model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)  # contrib domains have no IR table
     ctx.finish(model)
     check(model)
@@ -111,8 +114,11 @@ def check(model: onnx.ModelProto) -> None:
     try:
         if spill_path(model) is not None:  # weights in a spill file (external.py): checked from a file beside it
             check_spilled(model)
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        elif initializer_bytes(model) > CHECK_INLINE_MAX:  # in memory the checks would copy the weights ~6 times
+            check_inline_header(model)
         else:
             onnx.checker.check_model(model, full_check=True)
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise LoweringError(f"the lowered ONNX model fails its checks (node names read <IR op>/<ONNX op>): {e}") from e
