@@ -210,8 +210,33 @@ def _bitwise_not(conv, x):
     return conv.emit("logical_not", [v])
 
 
+HALF = (DType.F16, DType.BF16)
+
+
+def _opmath_scalar(conv, op, a, b):
+    """`half_tensor op python_float` as torch computes it, or None when the IR's op in the tensor's
+    dtype already does: torch's CPU kernels for mul and div read the scalar in float32 (their opmath
+    type for halves), not rounded to the half dtype (scores / math.sqrt(12) in bfloat16 divides by
+    3.4641, not 3.4688), so an inexact scalar makes the op float32 between two casts. Its add and sub
+    kernels round the scalar to the half dtype first, which the IR's op in that dtype already does
+    (both checked bit for bit against eager in tests/unit/test_half_scalar_opmath.py)."""
+    tensor, scalar = (a, b) if isinstance(b, float) else (b, a)
+    v = _tensor_arg(conv, tensor)
+    if not isinstance(scalar, float) or v is None or v.type.dtype not in HALF or op not in ("mul", "div"):
+        return None
+    if float(torch.tensor(scalar, dtype=v.type.dtype.torch)) == float(torch.tensor(scalar, dtype=torch.float32)):
+        return None
+    wide = conv.emit("cast", [v], CastAttrs(DType.F32))
+    c = conv.scalar(scalar, wide)
+    out = conv.emit(op, [wide, c] if tensor is a else [c, wide])
+    return conv.emit("cast", [out], CastAttrs(v.type.dtype))
+
+
 def _binary(op):
     def handler(conv, a, b, **kw):
+        exact = _opmath_scalar(conv, op, a, b) if kw.get("alpha", 1) == 1 else None
+        if exact is not None:
+            return exact
         if kw.get("alpha", 1) != 1:
             bv = conv.operand(b, _tensor_arg(conv, a))
             b_scaled = conv.emit("mul", [bv, conv.scalar(kw["alpha"], bv)])
@@ -255,6 +280,9 @@ def _rsub(conv, a, b, alpha=1):
 
 @conversion(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, aten.div.Scalar_mode)
 def _div(conv, a, b, *, rounding_mode=None):
+    exact = _opmath_scalar(conv, "div", a, b) if rounding_mode is None else None
+    if exact is not None:
+        return exact
     return conv.emit("div", [conv.operand(a, _tensor_arg(conv, b)), conv.operand(b, _tensor_arg(conv, a))], DivAttrs(rounding_mode))
 
 
