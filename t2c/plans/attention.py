@@ -15,7 +15,8 @@ form
                attend every key. Work and memory grow as n * (len(key_offsets) *
                block_size + global_tokens), never n^2;
     "dense"    anything else (a window unbounded on one side, different lengths
-               with structure): whole scores with the structural mask.
+               with structure, a band over a mask that varies over queries too):
+               whole scores with the structural mask.
 heads
     q_heads = kv_heads * group; query head h reads KV head h // group, so a
     kernel groups the `group` query heads of a KV head together instead of
@@ -102,13 +103,13 @@ def attention_plan(
     hq, hkv = q.shape[1], k.shape[1]  # static: the verifier insists
     same = dims_equal(q.shape[-2], k.shape[-2])
     blocks = key_blocks(a)
+    mask_kind, mask_shape = ("none", ()) if mask is None else _mask_kind(mask)
     if not has_structure(a) or (a.causal and a.window[0] < 0 and a.block == 0 and same):
         form, bk, offs = "fused", 0, ()
-    elif blocks is not None and same:
+    elif blocks is not None and same and mask_kind != "full":
         form, (bk, offs) = "blocked", blocks
-    else:
+    else:  # a mask that varies over queries too is whole [Sq, Sk] scores: the band cannot skip it
         form, bk, offs = "dense", 0, ()
-    mask_kind, mask_shape = ("none", ()) if mask is None else _mask_kind(mask)
     rope = None
     if a.rope != "none":
         assert cos is not None, "attention with rope needs the type of its cos operand"
