@@ -203,3 +203,27 @@ def test_inline_models_checked_and_written_without_whole_copies(tmp_path, monkey
         raise AssertionError("the header check must still reject a broken model")
     except LoweringError as e:
         assert "no_such_tensor" in str(e)
+
+
+def test_failed_lowering_leaves_no_spill_file(monkeypatch):
+    import glob
+    import tempfile
+
+    from t2c.backends.onnx.context import LoweringError
+
+    model, examples = zoo.build("llama")
+    graph = trace(model, examples)
+    pattern = os.path.join(tempfile.gettempdir(), "t2c-*.onnx.data")
+    before = set(glob.glob(pattern))
+
+    def failing_check(model):
+        assert spill_path(model) in glob.glob(pattern)  # the weights were spilled before the check
+        raise LoweringError("refused")
+
+    monkeypatch.setattr("t2c.backends.onnx.model.check", failing_check)
+    try:
+        lower(graph, external_threshold=1024)
+        raise AssertionError("lowering must fail")
+    except LoweringError:
+        pass
+    assert set(glob.glob(pattern)) <= before

@@ -142,6 +142,16 @@ class SpillingContext(Context):
         self.initializers[name] = proto
         return name
 
+    def discard(self) -> None:
+        """Close and remove the spill file (a lowering that failed)."""
+        if self.writer is not None:
+            self.writer.close()
+            _spills.discard(self.writer.path)
+            try:
+                os.unlink(self.writer.path)
+            except OSError:
+                pass
+
     def finish(self, model: onnx.ModelProto) -> None:
         """Close the spill file and name it in `model` (save moves it next to model.onnx)."""
         if self.writer is None:

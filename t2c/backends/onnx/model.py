@@ -7,7 +7,7 @@ from onnx import helper
 
 from ...errors import UserError
 from ...ir.core import Graph, SymDim, TensorType
-from .context import ONNX_DTYPE, LoweringError
+from .context import ONNX_DTYPE, Context, LoweringError
 from .external import CHECK_INLINE_MAX, EXTERNAL_DATA_THRESHOLD, SpillingContext, check_inline_header, check_spilled, initializer_bytes, spill_path
 from .flavors import get_flavor
 from .lowering import lower_node
@@ -46,37 +46,41 @@ def build_model(graph: Graph, *, opset: int = MIN_OPSET, flavor: str = "standard
             raise UserError(f"static=True needs static input shapes; trace with static shapes ({', '.join(dynamic)})")
 
     ctx = SpillingContext(graph, opset, flavor=fl, threshold=external_threshold)
-    _check_constraints(ctx, graph)
-    for node in graph.nodes:
-        ctx.current_op = node.op
-        for v, name in zip(node.outputs, lower_node(ctx, node)):
-            ctx.bind(v, name)
-    ctx.current_op = "output"
-    # Identity per output: an output may be an input, a param or listed twice.
-    for name, v in graph.outputs:
-        ctx.nodes.append(helper.make_node("Identity", [ctx.name(v)], [name], name=ctx.fresh("output/Identity")))
+    try:
+        _check_constraints(ctx, graph)
+        for node in graph.nodes:
+            ctx.current_op = node.op
+            for v, name in zip(node.outputs, lower_node(ctx, node)):
+                ctx.bind(v, name)
+        ctx.current_op = "output"
+        # Identity per output: an output may be an input, a param or listed twice.
+        for name, v in graph.outputs:
+            ctx.nodes.append(helper.make_node("Identity", [ctx.name(v)], [name], name=ctx.fresh("output/Identity")))
 
-    onnx_graph = helper.make_graph(
-        ctx.nodes,
-        graph.name,
-        [value_info(v.name, v.type) for v in graph.inputs],
-        [value_info(name, v.type) for name, v in graph.outputs],
-    )
-    # Import only the extra domains the nodes use, so a model without contrib ops is plain ai.onnx.
-    used = {n.domain for n in ctx.nodes if n.domain not in ("", "ai.onnx")}
-    allowed = dict(fl.extra_domains)
-    if used - set(allowed):
-        raise LoweringError(f"flavor {fl.name!r} may not use operator domains {sorted(used - set(allowed))}")
-    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, allowed[d]) for d in sorted(used)]
-    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="t2c")
-    # Initializers join the model last and leave the context at once: an inline model's weights
-    # are then copied once (make_graph and make_model would each copy them again).
-    model.graph.initializer.extend(ctx.initializers.values())
-    ctx.initializers.clear()
-    model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)  # contrib domains have no IR table
-    ctx.finish(model)
-    check(model)
-    return model
+        onnx_graph = helper.make_graph(
+            ctx.nodes,
+            graph.name,
+            [value_info(v.name, v.type) for v in graph.inputs],
+            [value_info(name, v.type) for name, v in graph.outputs],
+        )
+        # Import only the extra domains the nodes use, so a model without contrib ops is plain ai.onnx.
+        used = {n.domain for n in ctx.nodes if n.domain not in ("", "ai.onnx")}
+        allowed = dict(fl.extra_domains)
+        if used - set(allowed):
+            raise LoweringError(f"flavor {fl.name!r} may not use operator domains {sorted(used - set(allowed))}")
+        opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, allowed[d]) for d in sorted(used)]
+        model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="t2c")
+        # Initializers join the model last and leave the context at once: an inline model's weights
+        # are then copied once (make_graph and make_model would each copy them again).
+        model.graph.initializer.extend(ctx.initializers.values())
+        ctx.initializers.clear()
+        model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)  # contrib domains have no IR table
+        ctx.finish(model)
+        check(model)
+        return model
+    except BaseException:
+        ctx.discard()  # a failed lowering leaves no spill file behind
+        raise
 
 
 def _check_constraints(ctx: Context, graph: Graph) -> None:
