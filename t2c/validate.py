@@ -61,14 +61,22 @@ class OutputComparison:
 LOGITS_OUTPUTS = ("logits",)
 
 
+CHUNK_ELEMENTS = 1 << 20  # compared a chunk at a time: float64 copies of a large model's logits would hold GiBs
+
+
 def token_drift(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
     """(argmax agreement, mean KL(want || got)) over every position of [..., vocab] logits."""
-    g = got.detach().to(torch.float64).reshape(-1, got.shape[-1])
-    w = want.detach().to(torch.float64).reshape(-1, want.shape[-1])
-    agreement = float((g.argmax(-1) == w.argmax(-1)).to(torch.float64).mean())
-    log_p, log_q = torch.log_softmax(w, -1), torch.log_softmax(g, -1)
-    kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
-    return agreement, max(kl, 0.0)
+    g = got.detach().reshape(-1, got.shape[-1])
+    w = want.detach().reshape(-1, want.shape[-1])
+    rows = max(1, CHUNK_ELEMENTS // max(1, g.shape[-1]))
+    agree, kl = 0.0, 0.0
+    for start in range(0, g.shape[0], rows):
+        gc, wc = g[start:start + rows].to(torch.float64), w[start:start + rows].to(torch.float64)
+        agree += float((gc.argmax(-1) == wc.argmax(-1)).to(torch.float64).sum())
+        log_p, log_q = torch.log_softmax(wc, -1), torch.log_softmax(gc, -1)
+        kl += float((log_p.exp() * (log_p - log_q)).sum())
+    n = max(1, g.shape[0])
+    return agree / n, max(kl / n, 0.0)
 
 
 def _finite(v):
@@ -87,19 +95,26 @@ def compare(name: str, got: torch.Tensor, want: torch.Tensor, tolerance: tuple[f
     atol, rtol = tolerance or tolerance_for(want.dtype)
     if tuple(got.shape) != tuple(want.shape):
         return OutputComparison(name, math.inf, math.inf, 0.0, atol, rtol, False)
-    g = got.detach().to(torch.float64).reshape(-1)
-    w = want.detach().to(torch.float64).reshape(-1)
-    if g.numel() == 0:
+    g_all, w_all = got.detach().reshape(-1), want.detach().reshape(-1)
+    if g_all.numel() == 0:
         return OutputComparison(name, 0.0, 0.0, 1.0, atol, rtol, True)
-    both_nan = torch.isnan(g) & torch.isnan(w)
-    diff = torch.where(both_nan, torch.zeros_like(g), (g - w).abs())
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
-    max_abs = float(diff.max())
-    max_rel = float((diff / w.abs().clamp_min(max(atol, 1e-12))).max())
-    gn, wn = torch.nan_to_num(g), torch.nan_to_num(w)
-    denom = float(gn.norm() * wn.norm())
-    cosine = float(gn @ wn) / denom if denom > 0 else (1.0 if float(gn.norm()) == float(wn.norm()) else 0.0)
-    ok = bool((diff <= atol + rtol * w.abs().nan_to_num(0.0)).all())
+    max_abs = max_rel = dot = g_sq = w_sq = 0.0
+    ok = True
+    for start in range(0, g_all.numel(), CHUNK_ELEMENTS):
+        g = g_all[start:start + CHUNK_ELEMENTS].to(torch.float64)
+        w = w_all[start:start + CHUNK_ELEMENTS].to(torch.float64)
+        both_nan = torch.isnan(g) & torch.isnan(w)
+        diff = torch.where(both_nan, torch.zeros_like(g), (g - w).abs())
+        diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+        max_abs = max(max_abs, float(diff.max()))
+        max_rel = max(max_rel, float((diff / w.abs().clamp_min(max(atol, 1e-12))).max()))
+        gn, wn = torch.nan_to_num(g), torch.nan_to_num(w)
+        dot += float(gn @ wn)
+        g_sq += float(gn @ gn)
+        w_sq += float(wn @ wn)
+        ok = ok and bool((diff <= atol + rtol * w.abs().nan_to_num(0.0)).all())
+    denom = math.sqrt(g_sq) * math.sqrt(w_sq)
+    cosine = dot / denom if denom > 0 else (1.0 if g_sq == w_sq else 0.0)
     result = OutputComparison(name, max_abs, max_rel, cosine, atol, rtol, ok)
     if name in LOGITS_OUTPUTS and want.dim() >= 1 and want.dtype.is_floating_point:
         result.argmax_agreement, result.kl = token_drift(got, want)
