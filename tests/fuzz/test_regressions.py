@@ -1,6 +1,7 @@
 """Regressions the differential fuzzer found: each a fixed case (spec, pipeline, target) run through
 the fuzzer's own check (tests/fuzz/test_fuzz.py: compile, `ok is True`, the artifact against the
 interpreter and eager at a fresh shape). Each entry says what failed and which commit fixed it.
+Bugs found and not fixed yet are in tests/fuzz/open_bugs/ (rerun: tests/fuzz/reproduce.py FILE).
 """
 
 from __future__ import annotations
@@ -33,6 +34,24 @@ REGRESSIONS = {
     # reduction is 'add'"): an internal error at run time. Fixed in the ONNX lowering
     # (t2c/backends/onnx/data_dependent.py: half accumulations scatter in float32).
     "index-add-fp16-O0": Case(Spec(experts=2, top_k=1, layers=1, dtype="float16", seq=4, batch=2), "-O0", "onnx", "standard"),
+    # lift-attention keeps a causal & padding mask built by masked_fill(~(tril & pad), finfo.min)
+    # whole ([B,1,S,S]); window{size=3} then made it banded and the ONNX blocked lowering raised
+    # LoweringError (an internal error). Fixed by dda83ea (the plan takes the dense form).
+    "window-over-full-mask": Case(Spec(mask="causal+padding", seq=9), "-O1,window{size=3}", "onnx", "standard"),
+    # The same LoweringError from a float16 causal mask written scores + full(finfo.min).triu(1),
+    # which lift-attention keeps as a [1,1,S,S] operand in half precision (dda83ea).
+    "window-fp16-causal-additive-mask": Case(Spec(seed=227, layers=2, hidden=64, heads=3, kv_heads=1, head_dim=8, norm="layer",
+                                                  placement="post", activation="gelu_tanh", gated=False, mask="causal",
+                                                  attn_impl="eager", bias=True, batch=3, seq=5, dtype="float16"),
+                                             "-O1,window{size=3}", "onnx", "ort"),
+    # scores / math.sqrt(12) in bfloat16: the frontend rounded the scalar to bfloat16 before the
+    # division (eager divides by the float32 scalar and rounds once), and through two layers the
+    # traced IR left bf16 tolerance: ValidationError "the traced IR differs from eager". Fixed by
+    # d05dee7 (a half mul/div by a float the half dtype cannot hold computes in float32).
+    "bf16-scalar-divisor": Case(Spec(seed=300, layers=2, hidden=48, heads=4, kv_heads=4, head_dim=12, norm="rms", placement="post",
+                                     rope="rotate_half", rotary_fraction=0.5, activation="gelu_tanh", gated=True, mask="causal",
+                                     attn_impl="eager", bias=True, batch=2, seq=8, dtype="bfloat16"),
+                                "-O0", "onnx", "standard"),
 }
 
 
