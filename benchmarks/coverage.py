@@ -52,6 +52,9 @@ import threading
 import time
 import traceback
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _proc import rss_bytes  # noqa: E402  (benchmarks/_proc.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CONFIGS = os.path.join(ROOT, "tests", "data", "hf-test-configs")  # the repo's copy of ../shared/hf-test-configs
@@ -507,17 +510,6 @@ def worker(arch: str, configs: str, result_path: str, timeout: int, anchor: bool
 
 # --------------------------------------------------------------------------- the parent: processes, causes, table
 
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_arch(arch: str, args, tmp: str) -> dict:
     """One architecture in its own subprocess: hard time limit, memory cap; what it saved, completed on a kill."""
     result_path = os.path.join(tmp, f"{arch}.json")
@@ -534,7 +526,7 @@ def run_arch(arch: str, args, tmp: str) -> dict:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
         peak = 0
         while proc.poll() is None:
-            rss = _rss_bytes(proc.pid)
+            rss = rss_bytes(proc.pid)
             peak = max(peak, rss)
             if rss > cap:
                 killed = f"out of memory: over {args.max_rss_gib:g} GiB resident"

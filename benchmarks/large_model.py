@@ -31,6 +31,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _proc import rss_bytes  # noqa: E402  (benchmarks/_proc.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
@@ -56,17 +59,6 @@ def build_folder(path: str, hidden: int, layers: int, vocab: int, env: dict) -> 
     if proc.returncode != 0:
         raise SystemExit(f"building the model failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def run_measured(cmd: list[str], env: dict, limit: int) -> dict:
@@ -110,7 +102,7 @@ def run_measured(cmd: list[str], env: dict, limit: int) -> dict:
         if pid:
             result = (status, usage)
             break
-        rss = _rss(proc.pid)
+        rss = rss_bytes(proc.pid)
         samples.append((round(time.perf_counter() - start, 2), rss, stage[0]))
         peak_by_stage[stage[0]] = max(peak_by_stage.get(stage[0], 0), rss)
         if rss > limit and not killed:

@@ -205,13 +205,7 @@ def check_inline_header(model: onnx.ModelProto) -> None:
     """
     folder = tempfile.mkdtemp(prefix="t2c-check-")
     try:
-        header = onnx.ModelProto()
-        for field, value in model.ListFields():
-            if field.name != "graph":
-                _copy_field(header, field, value)
-        for field, value in model.graph.ListFields():
-            if field.name != "initializer":
-                _copy_field(header.graph, field, value)
+        header = _without_initializers(model)
         writer = DataWriter(os.path.join(folder, DATA_FILE))
         try:
             for proto in model.graph.initializer:
@@ -241,13 +235,7 @@ def _write_inline_streamed(model: onnx.ModelProto, path: str) -> None:
     """
     large = [t for t in model.graph.initializer if t.ByteSize() > INLINE_MAX]
     names = {t.name for t in large}
-    header = onnx.ModelProto()
-    for field, value in model.ListFields():
-        if field.name != "graph":
-            _copy_field(header, field, value)
-    for field, value in model.graph.ListFields():
-        if field.name != "initializer":
-            _copy_field(header.graph, field, value)
+    header = _without_initializers(model)
     header.graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
     with open(path, "wb") as f:
         f.write(header.SerializeToString())
@@ -265,6 +253,18 @@ def _copy_field(dst, field, value) -> None:
     else:
         setattr(dst, field.name, value)
 
+
+
+def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with every field but the graph's initializers (no weight bytes copied)."""
+    header = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _copy_field(header, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(header.graph, field, value)
+    return header
 
 def _header(model: onnx.ModelProto, location: str | None = DATA_FILE) -> onnx.ModelProto:
     """A copy of `model` without t2c's spill entry, its external tensors read from `location`
