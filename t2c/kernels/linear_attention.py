@@ -64,6 +64,7 @@ import triton
 import triton.language as tl
 
 from ..ir.opdefs.attention import LinearAttentionAttrs
+from .norm import _round_to  # float32 -> out dtype, ties to even (bf16 by integer ops: the interpreter truncates)
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FEATURES = ("elu1",)
@@ -89,20 +90,6 @@ _AUTOTUNE_CONFIGS = (
     if INTERPRETING
     else [triton.Config({}, num_warps=w, num_stages=2) for w in (4, 8)]
 )
-
-
-@triton.jit
-def _round_to(v, dtype: tl.constexpr):
-    """float32 -> dtype, rounding to nearest even (as t2c/kernels/norm.py: the interpreter
-    truncates fp32 -> bf16 casts, so bfloat16 rounds with integer ops on the float32 bits)."""
-    if dtype == tl.bfloat16:
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        bits = tl.where(v != v, 0x7FC0, bits)
-        out = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        out = v.to(dtype)
-    return out
 
 
 @triton.jit
