@@ -163,14 +163,17 @@ print(json.dumps({"weights": weights, "rss_growth": rss("VmHWM") - before, "trac
 def test_lower_and_save_hold_no_copy_of_the_weights():
     """192 MiB of weights, each linear's pre-transposed copy written and freed as it is made:
     the process grows by far less than the weights (the old path held the ModelProto, a serialized copy...)."""
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    # A fixed mmap threshold: glibc's dynamic one rises after the first 16 MiB block is freed, and
+    # the later blocks then come from the heap and stay resident after free (RSS grew 55-102 MiB
+    # from run to run that way, 18 MiB with the threshold fixed): the figure is then the live bytes.
+    env = {**os.environ, "PYTHONPATH": ROOT, "MALLOC_MMAP_THRESHOLD_": "131072"}
     proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["weights"] == 12 * 2048 * 2048 * 4
     assert r["data"] >= r["weights"] and r["header"] < 64 * 1024
     assert r["traced_peak"] < r["weights"] / 20, r  # no bytes object / buffer near the weights' size
-    assert r["rss_growth"] < r["weights"] / 2, r  # a few tensors (allocator slack), never a copy of the weights
+    assert r["rss_growth"] < r["weights"] / 4, r  # a few 16 MiB tensors live at once, never a copy of the weights
 
 
 def test_inline_models_checked_and_written_without_whole_copies(tmp_path, monkeypatch):
