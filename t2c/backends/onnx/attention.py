@@ -13,7 +13,8 @@ lowering (rope.py) and the attention is then lowered as above. The ort flavor's
 GroupQueryAttention / MultiHeadAttention are an overlay (ort_attention.py).
 
 Scores are computed in f32 for f16/bf16 inputs, as the IR reference does; rows
-that see no key give zeros.
+that see no key give zeros. The Attention op adds a float mask to half scores,
+so a half mask reaches it shifted (`half_bias`, `half_mask_form`).
 
 `sdpa` (torch's scaled_dot_product_attention): 4-D inputs go to the same
 `Attention` op, whose semantics match torch for [batch, heads, seq, head_dim]
@@ -94,17 +95,25 @@ def _attention(ctx, node):
 def _attention_op(ctx, call: AttentionCall) -> str:
     p, dt = call.plan, call.dtype
     inputs = [call.q, call.k, call.v]
+    causal, kdt = p.causal, dt  # kdt: the dtype the kernel runs in
     if call.mask is not None:
         m_t, m = call.mask_t, call.mask
-        if m_t.dtype != DType.BOOL:
-            m = kernel_bias(ctx, ctx.cast(m, m_t.dtype, dt), dt)
+        mask_form = half_mask_form(m_t.dtype, dt)
+        if mask_form == "shift":
+            m = half_bias(ctx, m, m_t.dtype, dt, causal, call.q, call.k)
+            causal = False  # folded into the mask
+        elif m_t.dtype != DType.BOOL:
+            if mask_form == "float32":
+                kdt = DType.F32
+                inputs = [ctx.cast(x, t.dtype, kdt) for x, t in zip(inputs, (call.q_t, call.k_t, call.v_t))]
+            m = kernel_bias(ctx, ctx.cast(m, m_t.dtype, kdt), kdt)
         inputs.append(query_rows(ctx, m, m_t, inputs[0], call.q_t))
-    attrs = {"is_causal": int(p.causal), "scale": float(p.scale)}
+    attrs = {"is_causal": int(causal), "scale": float(p.scale)}
     if p.softcap > 0:
         attrs["softcap"] = float(p.softcap)
-    if dt in (DType.F16, DType.BF16):
+    if kdt in (DType.F16, DType.BF16):
         attrs["softmax_precision"] = ONNX_DTYPE[DType.F32]
-    return ctx.emit("Attention", inputs, **attrs)
+    return ctx.cast(ctx.emit("Attention", inputs, **attrs), kdt, dt)
 
 
 def query_rows(ctx, m: str, m_t, q: str, q_t) -> str:
@@ -137,6 +146,49 @@ def kernel_bias(ctx, m: str, dt: DType) -> str:
     low = torch.finfo(dt.torch).min
     up = torch.nextafter(torch.tensor(low, dtype=dt.torch), torch.tensor(0.0, dtype=dt.torch)).item()
     return ctx.emit("Where", [ctx.emit("Equal", [m, ctx.const(low, dt)]), ctx.const(up, dt), m])
+
+
+def half_mask_form(m_dtype: DType, dt: DType) -> str | None:
+    """How an Attention op on `dt` inputs takes a mask of `m_dtype`: None as it is (bool masks,
+    float32 attention), "shift" (a float16 mask on float16 inputs: `half_bias`), or "float32" (any
+    other float mask on half inputs: the op runs in float32, as the IR adds such a mask).
+
+    A float32 or bfloat16 mask can hold values no half shift reproduces: in float32 a row of
+    finfo(float32).min swallows the scores (s + min rounds to min: the mean of v), a row of -1e6
+    rounds them partly; so that rare case (torch's SDPA wants the mask in q's dtype) computes
+    the whole op in float32 and casts the output back.
+    """
+    if m_dtype == DType.BOOL or dt not in (DType.F16, DType.BF16):
+        return None
+    return "shift" if m_dtype == dt == DType.F16 else "float32"
+
+
+def half_bias(ctx, m: str, m_dtype: DType, dt: DType, causal: bool, q: str, k: str) -> str:
+    """A float16 additive mask for the Attention op computing in float16, shifted so that its
+    largest visible value in every query row is 0.
+
+    The IR (attention_reference) and torch's SDPA on half inputs add the mask to float32 scores;
+    ONNX Runtime's Attention adds it to half scores. The two agree wherever the mask is small,
+    but not in a row that every key hides with a large finite value (Hugging Face's
+    `masked_fill(~m, finfo(float16).min)` on an all-padding query): in float32 s + -65504 keeps
+    the differences between scores and the row softmaxes them, in float16 it rounds every score
+    to -65504 (the spacing there is 32) and the row becomes the mean of v (measured, onnxruntime
+    1.31 CPU: 0.04-0.13 off). Softmax does not change when a row's mask moves by a constant, so
+    the row's maximum over the keys it may see is subtracted first (in the mask's dtype): that
+    row becomes 0s, exact in half; in every other row the large values are on keys whose weight
+    underflows to 0 either way. A causal plan is folded into the mask first (-inf above the
+    diagonal; the caller drops is_causal) so the maximum is over visible keys only. Exact to
+    float32's rounding of s + m (|m| <= 65504: steps of 2^-8 at most). A row of -inf stays -inf
+    (the shift is clamped at finfo.min: zeros, as the IR gives), and no value left is exactly
+    finfo.min of a row that sees nothing else, so `kernel_bias` is not needed.
+    """
+    if causal:
+        i = ctx.emit("Unsqueeze", [arange(ctx, seq_len(ctx, q, 2)), ctx.ints([1])])
+        j = arange(ctx, seq_len(ctx, k, 2))
+        m = ctx.emit("Where", [ctx.emit("LessOrEqual", [j, i]), m, ctx.const(float("-inf"), m_dtype)])
+    row_max = ctx.emit("ReduceMax", [m, ctx.ints([-1])], keepdims=1)
+    shift = ctx.emit("Max", [row_max, ctx.const(float(torch.finfo(m_dtype.torch).min), m_dtype)])
+    return ctx.cast(ctx.emit("Sub", [m, shift]), m_dtype, dt)
 
 
 # -- pieces the dense and blocked forms share ------------------------------------------
@@ -248,14 +300,24 @@ def _sdpa(ctx, node):
     if node.inputs[0].type.rank == 4:
         a = node.attrs
         inputs = [arg(ctx, node, i) for i in range(len(node.inputs))]
+        causal, dt = a.is_causal, node.inputs[0].type.dtype
+        kdt = dt  # the dtype the kernel runs in
         if len(inputs) > 3:
-            if node.inputs[3].type.dtype.is_float:  # added like any number, as in torch
-                inputs[3] = kernel_bias(ctx, inputs[3], node.inputs[3].type.dtype)
-            inputs[3] = query_rows(ctx, inputs[3], node.inputs[3].type, inputs[0], node.inputs[0].type)
-        attrs = {"is_causal": int(a.is_causal)}
+            m_t = node.inputs[3].type
+            mask_form = half_mask_form(m_t.dtype, dt)  # torch adds a float mask to float32 scores
+            if mask_form == "shift":
+                inputs[3] = half_bias(ctx, inputs[3], m_t.dtype, dt, causal, inputs[0], inputs[1])
+                causal = False
+            elif m_t.dtype.is_float:  # added like any number, as in torch
+                if mask_form == "float32":
+                    kdt = DType.F32
+                    inputs[:3] = [ctx.cast(x, node.inputs[i].type.dtype, kdt) for i, x in enumerate(inputs[:3])]
+                inputs[3] = kernel_bias(ctx, ctx.cast(inputs[3], m_t.dtype, kdt), kdt)
+            inputs[3] = query_rows(ctx, inputs[3], m_t, inputs[0], node.inputs[0].type)
+        attrs = {"is_causal": int(causal)}
         if a.scale is not None:
             attrs["scale"] = float(a.scale)
-        return [ctx.emit("Attention", inputs, **attrs)]
+        return [ctx.cast(ctx.emit("Attention", inputs, **attrs), kdt, dt)]
     return [_sdpa_explicit(ctx, node)]
 
 
