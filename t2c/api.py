@@ -61,6 +61,17 @@ class CompiledModel:
         if broken:
             raise UserError(f"input shapes break the compiled model's constraints: {'; '.join(broken)} ")
 
+    def generate(self, prompts, max_new_tokens: int, *, eos_token_id: int | Sequence[int] | None | str = "config") -> list:
+        """Greedy decoding from a `--with-past` artifact: token ids after each prompt.
+
+        `prompts`: one sequence of ids (returns one list) or several (returns a list per prompt;
+        different lengths decode together, left-padded). A sequence stops after its end-of-sequence
+        token (the model's `eos_token_id` unless given; None: never stops early).
+        """
+        from .generate import generate
+
+        return generate(self, prompts, max_new_tokens, eos_token_id=eos_token_id)
+
     @property
     def ok(self) -> bool | None:
         return self.report.get("validation", {}).get("ok")
@@ -85,6 +96,7 @@ def compile(
     calibrate: str | None = None,
     dtype: str | None = None,
     dynamic_dims: dict[str, dict[int, str]] | None = None,
+    with_past: bool = False,
     **target_options: Any,
 ) -> CompiledModel:
     """Compile `model` with `example_inputs` (by forward-argument name, or positional).
@@ -95,6 +107,8 @@ def compile(
     quantize-int8's SmoothQuant (`t2c compile --calibrate`). `dtype` ("float32",
     "float16", "bfloat16") is what the artifact computes in (`t2c compile --dtype`);
     None keeps the model's dtype where the target runs it, else float32.
+    `with_past=True` compiles a Hugging Face causal LM with its KV cache as inputs and outputs
+    (`t2c compile --with-past`; `example_inputs` then only set the batch) for `.generate`.
     Writes the artifact folder to `out` (a new temporary folder when None) and
     returns a callable `CompiledModel`. Raises `ValidationError` when the
     artifact does not reproduce the model, `UserError` for bad input.
@@ -103,6 +117,10 @@ def compile(
 
     examples = dict(example_inputs) if isinstance(example_inputs, Mapping) else name_examples(model, tuple(example_inputs), "example_inputs")
     loaded = LoadedModel(model.eval(), examples, dynamic_dims if dynamic_dims is not None else default_dynamic_dims(examples), source=type(model).__name__, kind="module")
+    if with_past:
+        from .frontends.hf_past import loaded_with_past
+
+        loaded = loaded_with_past(loaded)
     options = CompileOptions(
         pipeline=Pipeline.from_spec(passes), target=target, target_options=target_options,
         static=static, validate=validate, max_drift=max_drift,

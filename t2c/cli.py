@@ -119,6 +119,8 @@ model_options = _options(
     click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE]", help="Example input for models that carry none."),
     click.option("--static", is_flag=True, help="Fix every dim to the example's shape."),
     click.option("--trust-model", is_flag=True, envvar="T2C_TRUST_MODEL", help="Allow loading files that can run code (.pt pickles, .pt2)."),
+    click.option("--with-past", is_flag=True,
+                 help="A causal LM with its KV cache as inputs and outputs (past_key_<i>/present_key_<i>...), for t2c generate."),
 )
 
 numerics_options = _options(
@@ -145,11 +147,16 @@ def _compile_options(pipeline: str, target: str, given: dict, static: bool, vali
     return options
 
 
-def _load(model: str, trust_model: bool, inputs: tuple[str, ...]):
+def _load(model: str, trust_model: bool, inputs: tuple[str, ...], with_past: bool = False):
     from .frontends.loaders import InputSpec, load_model
 
     specs = [InputSpec.parse(t) for t in inputs] or None
-    return load_model(model, trust_model=trust_model, inputs=specs)
+    loaded = load_model(model, trust_model=trust_model, inputs=specs)
+    if with_past:
+        from .frontends.hf_past import loaded_with_past
+
+        loaded = loaded_with_past(loaded)
+    return loaded
 
 
 def _check_out_dir(out_dir: str) -> None:
@@ -166,7 +173,7 @@ def _check_out_dir(out_dir: str) -> None:
 @model_options
 @click.option("--no-validate", is_flag=True, help="Skip numerical validation (the report says so).")
 @numerics_options
-def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model, no_validate, max_drift, min_cosine, min_sqnr, min_token_agreement, calibrate, dtype, **given) -> None:
+def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model, with_past, no_validate, max_drift, min_cosine, min_sqnr, min_token_agreement, calibrate, dtype, **given) -> None:
     """Compile MODEL to a validated artifact in OUT (the target's files, model.t2c, report.json, report.html)."""
     from .compiler import compile_loaded
 
@@ -174,7 +181,7 @@ def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model
                                min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate, dtype=dtype)
     out_dir = out_dir or _default_out(model)
     _check_out_dir(out_dir)
-    loaded = _load(model, trust_model, inputs)
+    loaded = _load(model, trust_model, inputs, with_past)
     display = _StageDisplay(sys.stderr.isatty())
     result = compile_loaded(loaded, options, out_dir, progress=display)
     click.echo(summary_lines(result.report, out_dir))
@@ -189,7 +196,7 @@ def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None, metavar="FILE", help="Write JUnit XML: one test case per pass, the frontend and the artifact.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="FILE", help="Write the results and the compile's report as JSON.")
 @click.option("-o", "--out", "out_dir", default=None, help="Keep the artifact here when every check passes (default: none is kept).")
-def check(model, pipeline, target, inputs, static, trust_model, max_drift, min_cosine, min_sqnr, min_token_agreement, calibrate, dtype, junit_path, json_path, out_dir, **given) -> None:
+def check(model, pipeline, target, inputs, static, trust_model, with_past, max_drift, min_cosine, min_sqnr, min_token_agreement, calibrate, dtype, junit_path, json_path, out_dir, **given) -> None:
     """Check that PIPELINE reproduces MODEL, pass by pass: exit 0 when every check passes, 1 otherwise."""
     import tempfile
 
@@ -202,7 +209,7 @@ def check(model, pipeline, target, inputs, static, trust_model, max_drift, min_c
                                per_pass=True)
     if out_dir is not None:
         _check_out_dir(out_dir)
-    loaded = _load(model, trust_model, inputs)
+    loaded = _load(model, trust_model, inputs, with_past)
     with tempfile.TemporaryDirectory(prefix="t2c-check-") as scratch:
         try:
             report = compile_loaded(loaded, options, out_dir or os.path.join(scratch, "out"), progress=_StageDisplay(sys.stderr.isatty())).report
@@ -367,6 +374,41 @@ def opt(file: str, pipeline: str, verify_each: bool, stats: bool, debug_rewrites
         for r in records:
             click.echo(f"{r.name:<16} {r.seconds * 1000:8.2f} ms  nodes {r.node_count_before} -> {r.node_count_after}  {r.stats}", err=True)
     _emit(print_graph(graph), output)
+
+
+def _prompt_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", ",").split(",") if t]
+    except ValueError:
+        raise UserError(f"--prompt-ids {text!r}: give token ids separated by commas, e.g. --prompt-ids 5,17,42") from None
+    if not ids:
+        raise UserError("--prompt-ids is empty: give token ids separated by commas, e.g. --prompt-ids 5,17,42")
+    return ids
+
+
+@cli.command()
+@click.argument("out_dir", metavar="OUT")
+@click.option("--prompt-ids", "prompts", multiple=True, required=True, metavar="IDS",
+              help="Token ids of a prompt, comma-separated (5,17,42); once per sequence of a batch.")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=32, show_default=True)
+@click.option("--eos-id", default=None, metavar="ID|none", help="Stop a sequence after this id (default: the model's eos_token_id; none: never).")
+def generate(out_dir: str, prompts: tuple[str, ...], max_new_tokens: int, eos_id: str | None) -> None:
+    """Greedy generation from a `t2c compile --with-past` folder: the new ids, one line per prompt."""
+    from .api import load
+
+    if not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir} is not a folder; give the -o folder of `t2c compile MODEL --with-past -o OUT`")
+    sequences = [_prompt_ids(p) for p in prompts]
+    eos: object = "config"
+    if eos_id is not None:
+        if eos_id.lower() == "none":
+            eos = None
+        elif eos_id.isdigit():
+            eos = int(eos_id)
+        else:
+            raise UserError(f"--eos-id {eos_id!r}: give a token id or none")
+    for ids in load(out_dir).generate(sequences, max_new_tokens, eos_token_id=eos):
+        click.echo(" ".join(map(str, ids)))
 
 
 @cli.command()

@@ -147,6 +147,8 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
         "t2c_version": __version__, "model": loaded.source, "target": backend.name, "target_options": dataclasses.asdict(target_options),
         "pipeline": str(options.pipeline), "static": options.static, "timings": {},
     }
+    if loaded.with_past is not None:  # generate() reads the cache interface from here
+        report["with_past"] = loaded.with_past
     module = loaded.module.eval()
     examples = dict(loaded.example_inputs)
 

@@ -33,8 +33,10 @@ SKIPPED_OPS = {
     aten._assert_tensor_metadata.default, aten._assert_scalar.default, aten.sym_constrain_range_for_size.default,
     aten.sym_constrain_range.default, torch.ops.aten._assert_async.msg,
 }
-# Nodes that return their input unchanged in inference.
-IDENTITY_OPS = {aten.clone.default, aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default, aten.contiguous.default}
+# Nodes that return their input unchanged in inference. `detach_` is in place but changes only
+# autograd metadata, never values (transformers' DynamicLayer detaches the empty tensor it starts from).
+IDENTITY_OPS = {aten.clone.default, aten.alias.default, aten.detach.default, aten.detach_.default, aten.lift_fresh_copy.default,
+                aten.contiguous.default}
 # Nodes computing sizes (SymInts): they become dims, not IR nodes.
 SYMBOLIC_OPS = {
     aten.sym_size.int, aten.sym_numel.default, operator.add, operator.sub, operator.mul, operator.floordiv,

@@ -166,6 +166,7 @@ class LoadedModel:
     kind: str  # "hf" | "pt2" | "pt" | "factory"
     hf_config: object | None = None
     exported: object | None = None
+    with_past: dict | None = None  # the KV-cache interface when compiled --with-past (hf_past.py)
 
 
 # Inputs whose axis 1 is not a sequence: images [B, C, H, W] (and their masks [B, H, W]),

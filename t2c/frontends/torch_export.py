@@ -145,9 +145,11 @@ def export(module: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic_d
 def _convertible(node: torch.fx.Node) -> bool:
     """Whether _convert_call takes this node as it is (a functional op it has a conversion for)."""
     t = node.target
+    if t in IDENTITY_OPS:
+        return True
     if isinstance(t, torch._ops.OpOverload) and t._schema.is_mutable:
         return False
-    if t in SKIPPED_OPS or t in SYMBOLIC_OPS or t in IDENTITY_OPS or t in SCALAR_OPS or t is operator.getitem:
+    if t in SKIPPED_OPS or t in SYMBOLIC_OPS or t in SCALAR_OPS or t is operator.getitem:
         return True
     if t in CONVERSIONS:
         return True
@@ -191,7 +193,7 @@ def _export(wrapper: torch.nn.Module, examples: dict[str, torch.Tensor], dynamic
     dims: dict[str, Any] = {}
 
     def spec(label: str):
-        if not named:
+        if not named or not label.isidentifier():  # a sum of labels (`past+seq`): torch names it, convert relates it
             return torch.export.Dim.AUTO
         if label not in dims:
             w = (derived or {}).get(label)
@@ -638,6 +640,17 @@ def _param_name(target: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
 
 
+def label_expr(label: str) -> sympy.Expr:
+    """A dynamic-dim label written as a sum of other labels (`past+seq`: an attention mask over a
+    KV cache and the new tokens) as the expression of the symbols those labels name. torch.export
+    cannot declare such a dim (its derived dims are `a*x + b` of one root), so the input is traced
+    with a symbol of its own and this expression stands for it in the IR."""
+    terms = [t.strip() for t in label.split("+")]
+    if not terms or not all(t.isidentifier() for t in terms):
+        raise UserError(f"dynamic dim label {label!r}: write a name, or names joined by '+'")
+    return sympy.Add(*(sym_symbol(t) for t in terms))
+
+
 def convert(ep: torch.export.ExportedProgram, output_names: list[str], *, name: str = "main", input_names: list[str] | None = None, dim_names: dict[tuple[str, int], str] | None = None) -> Graph:
     """Convert a decomposed ExportedProgram into an IR graph (weights attached)."""
     from torch.export.graph_signature import InputKind
@@ -663,6 +676,9 @@ def convert(ep: torch.export.ExportedProgram, output_names: list[str], *, name: 
             sym, w = _root_and_multiple(s.node.expr)
             if sym is not None and sym not in conv.symbols:
                 label = dim_names.get((in_name, axis), f"d{len(conv.symbols)}")
+                if not label.isidentifier():  # a label that is a sum of others (`past+seq`, see label_expr)
+                    conv.symbols[sym] = label_expr(label)
+                    continue
                 if is_data_dim(label):  # n0, n1, ... name data-dependent dims
                     label = f"{label}_"
                 size = s.node.hint

@@ -1,0 +1,98 @@
+"""Greedy generation from a `--with-past` artifact (`t2c generate`, `CompiledModel.generate`).
+
+The loop is Hugging Face `generate`'s greedy search over the artifact's cache interface
+(t2c/frontends/hf_past.py): prompts left-padded to one length, `attention_mask` 0 on the
+padding, each token's position counted within its own sequence (the mask's running sum), the
+prompt run once with an empty cache (past length 0), then one token per step with the cache
+the previous step returned. A sequence that emits an end-of-sequence id is done; its later
+steps still run (the batch decodes together) and are dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .errors import UserError
+
+COMPILE_HINT = "compile it with `t2c compile MODEL --with-past -o OUT`"
+
+
+def _prompts(prompts: Any) -> tuple[list[list[int]], bool]:
+    """(sequences, whether one sequence was given) from ids, a list of id lists or a 2-D tensor."""
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.tolist()
+    prompts = list(prompts)
+    single = bool(prompts) and not isinstance(prompts[0], (list, tuple, torch.Tensor))
+    sequences = [prompts] if single else [list(p.tolist() if isinstance(p, torch.Tensor) else p) for p in prompts]
+    if not sequences or any(not s for s in sequences):
+        raise UserError("every prompt needs at least one token id")
+    for s in sequences:
+        if any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for t in s):
+            raise UserError(f"prompt ids must be non-negative integers, got {s}")
+    return sequences, single
+
+
+def _eos_ids(value: Any) -> set[int]:
+    if value is None:
+        return set()
+    return {int(value)} if isinstance(value, int) else {int(v) for v in value}
+
+
+def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: Any = "config") -> list:
+    """Greedy ids after each prompt from `compiled` (a `CompiledModel` of a with-past compile)."""
+    interface = compiled.report.get("with_past")
+    if not interface:
+        raise UserError(f"{compiled.out_dir} was compiled without a KV cache; {COMPILE_HINT}")
+    if max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    sequences, single = _prompts(prompts)
+    eos = _eos_ids(interface.get("eos_token_id") if eos_token_id == "config" else eos_token_id)
+    vocab = _vocab(compiled)
+    too_big = [t for s in sequences for t in s if vocab is not None and t >= vocab]
+    if too_big:
+        raise UserError(f"prompt id {too_big[0]} is outside the model's vocabulary of {vocab}")
+    pad = interface.get("pad_token_id")
+    pad = int(pad if isinstance(pad, int) else next(iter(eos), 0))
+    batch, longest = len(sequences), max(len(s) for s in sequences)
+    ids = torch.tensor([[pad] * (longest - len(s)) + s for s in sequences], dtype=torch.long)
+    mask = torch.tensor([[0] * (longest - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    past = _empty_cache(compiled, interface, batch)
+
+    out: list[list[int]] = [[] for _ in sequences]
+    done = [False] * batch
+    for _ in range(max_new_tokens):
+        result = compiled(input_ids=ids, attention_mask=mask, position_ids=positions, **past)
+        chosen = result["logits"][:, -1].float().argmax(-1)
+        for b, token in enumerate(chosen.tolist()):
+            if not done[b]:
+                out[b].append(token)
+                done[b] = token in eos
+        if all(done):
+            break
+        past = {f"past_{kv}_{i}": result[f"present_{kv}_{i}"] for i in range(interface["layers"]) for kv in ("key", "value")}
+        ids = torch.where(torch.tensor(done), pad, chosen)[:, None]
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long)], dim=1)
+        positions = positions[:, -1:] + 1
+    return out[0] if single else out
+
+
+def _vocab(compiled: Any) -> int | None:
+    """The logits' last dim when the graph fixes it (ids past it would index out of the embedding)."""
+    logits = dict(compiled.graph.outputs).get("logits")
+    size = logits.type.shape[-1] if logits is not None else None
+    return size if isinstance(size, int) else None
+
+
+def _empty_cache(compiled: Any, interface: dict, batch: int) -> dict[str, torch.Tensor]:
+    """past_* inputs of length 0 in the dtype the artifact takes."""
+    types = {v.name: v.type for v in compiled.graph.inputs}
+    past = {}
+    for i, layer in enumerate(interface["cache"]):
+        for kv in ("key", "value"):
+            name = f"past_{kv}_{i}"
+            heads, dim = layer[kv]
+            past[name] = torch.zeros(batch, heads, 0, dim, dtype=types[name].dtype.torch)
+    return past

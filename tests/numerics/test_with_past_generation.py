@@ -1,0 +1,112 @@
+"""`--with-past`: causal LMs compiled with their KV cache, greedy generation against eager `generate`.
+
+Every zoo model that can generate (enumerated: `model.can_generate()`; dense, GQA, sliding
+window, MoE) is compiled with its cache as inputs and outputs (t2c/frontends/hf_past.py), and
+32 greedy tokens from the ONNX artifact must equal transformers' own `generate` token for token,
+at batch 1 and at batch 3 with prompts of different lengths (left-padded, as `generate` pads).
+"""
+
+import pytest
+import torch
+
+import t2c
+import zoo
+from t2c.errors import UserError
+from t2c.frontends.hf_past import past_names, present_names
+
+PROMPTS = [[5, 17, 42, 7, 9, 11, 3], [1, 2, 3], [100, 90, 80, 70, 60]]
+NEW_TOKENS = 32
+
+
+def _decoders() -> list[str]:
+    names = []
+    for name, build in zoo.ZOO.items():
+        if name == "minilm":  # needs the weights package; an encoder anyway
+            continue
+        model, _ = build()
+        if getattr(model, "can_generate", lambda: False)():
+            names.append(name)
+    return names
+
+
+DECODERS = _decoders()
+
+
+def test_the_zoo_has_the_decoder_kinds():
+    assert set(DECODERS) >= {"gpt2", "llama", "mistral", "mixtral"}, DECODERS
+
+
+def _eager_generate(model, prompts: list[list[int]], eos) -> list[list[int]]:
+    """transformers' greedy generate on left-padded prompts, cut after each sequence's first eos."""
+    longest = max(map(len, prompts))
+    ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    model.config.use_cache = True
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False)[:, longest:].tolist()
+    eos = {eos} if isinstance(eos, int) else set(eos or [])
+    cut = []
+    for seq in out:
+        ends = [i for i, t in enumerate(seq) if t in eos]
+        cut.append(seq[: ends[0] + 1] if ends else seq)
+    return cut
+
+
+@pytest.fixture(scope="module", params=DECODERS)
+def compiled(request, tmp_path_factory):
+    model, examples = zoo.build(request.param)
+    out = tmp_path_factory.mktemp(request.param)
+    return model, t2c.compile(model, examples, out=str(out), with_past=True)
+
+
+def test_the_cache_is_inputs_and_outputs(compiled):
+    model, c = compiled
+    layers = model.config.num_hidden_layers
+    inputs = {v.name: v.type for v in c.graph.inputs}
+    assert list(inputs) == ["input_ids", "attention_mask", "position_ids", *past_names(layers)]
+    assert [n for n, _ in c.graph.outputs] == ["logits", *present_names(layers)]
+    assert [str(d) for d in inputs["attention_mask"].shape] == ["batch", "past+seq"]
+    assert [str(d) for d in inputs["past_key_0"].shape[::2]] == ["batch", "past"]
+    assert c.report["with_past"]["layers"] == layers and c.ok
+
+
+def test_greedy_generation_equals_eager_generate(compiled):
+    model, c = compiled
+    eos = c.report["with_past"]["eos_token_id"]
+    want = _eager_generate(model, PROMPTS, eos)
+    assert c.generate(PROMPTS, NEW_TOKENS) == want
+    assert any(len(s) == NEW_TOKENS for s in want)  # a real run, not only early stops
+    for prompt in PROMPTS[:2]:  # batch 1, and the single-sequence form
+        assert c.generate(prompt, NEW_TOKENS) == _eager_generate(model, [prompt], eos)[0]
+
+
+def test_eos_none_runs_every_step(compiled):
+    _, c = compiled
+    assert [len(s) for s in c.generate(PROMPTS, 5, eos_token_id=None)] == [5, 5, 5]
+
+
+def test_ort_flavor_generates_the_same(tmp_path):
+    model, examples = zoo.build("llama")
+    c = t2c.compile(model, examples, out=str(tmp_path), with_past=True, flavor="ort")
+    assert c.generate(PROMPTS, NEW_TOKENS) == _eager_generate(model, PROMPTS, c.report["with_past"]["eos_token_id"])
+
+
+def test_models_without_a_kv_cache_are_refused(tmp_path):
+    model, examples = zoo.build("bert")
+    with pytest.raises(UserError, match="--with-past needs a Hugging Face causal language model"):
+        t2c.compile(model, examples, out=str(tmp_path / "bert"), with_past=True)
+
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids):
+            return input_ids.float() * 2
+
+    with pytest.raises(UserError, match="--with-past needs a Hugging Face causal language model"):
+        t2c.compile(Plain(), {"input_ids": torch.ones(2, 3, dtype=torch.long)}, out=str(tmp_path / "plain"), with_past=True)
+    assert not (tmp_path / "bert").exists() and not (tmp_path / "plain").exists()
+
+
+def test_generate_refuses_an_artifact_without_cache(tmp_path):
+    model, examples = zoo.build("llama")
+    c = t2c.compile(model, examples, out=str(tmp_path))
+    with pytest.raises(UserError, match="compiled without a KV cache"):
+        c.generate([1, 2, 3], 4)
