@@ -74,7 +74,11 @@ def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: 
             break
         past = {f"past_{kv}_{i}": result[f"present_{kv}_{i}"] for i in range(interface["layers"]) for kv in ("key", "value")}
         ids = torch.where(torch.tensor(done), pad, chosen)[:, None]
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long)], dim=1)
+        # The mask spans the cache and the next token. A rolling cache (a sliding window's) is the
+        # last W - 1 positions, zeros in front while fewer were seen: the mask rolls alike, 0 there.
+        cached = past["past_key_0"].shape[2]
+        mask = torch.cat([torch.zeros(batch, max(0, cached - mask.shape[1]), dtype=torch.long), mask,
+                          torch.ones(batch, 1, dtype=torch.long)], dim=1)[:, -(cached + 1):]
         positions = positions[:, -1:] + 1
     return out[0] if single else out
 

@@ -17,9 +17,14 @@ Per-sequence lengths come from attention_mask and position_ids, so prompts of di
 decode together left-padded (t2c/generate.py does so). The model is traced through transformers'
 own cache boundary: its forward gets a `DynamicCache` filled from the past tensors and returns the
 cache it updated, so positions, masks and the cache update are the model's own code. Every layer
-caches keys and values in full (`DynamicLayer`): a model's sliding-window layers then mask by
-window over a cache that keeps growing (numerically the model's; the rolling O(W) cache is not
-built yet).
+caches through a plain `DynamicLayer` (a growing concatenation the graph can express); when
+every layer of the model's own cache is a sliding window of one width W (Mistral), the presents
+keep only the last W - 1 positions, as transformers' sliding layers do (zeros in front while fewer
+were seen): a rolling cache, O(W) memory per layer however long the generation. The next step's
+attention_mask then spans those W - 1 positions (0 on the zeros) and the new tokens (generate.py
+rolls it along), positions go on in position_ids, and
+the model's window mask, computed in the cache's own frame, sees what it saw before (relative
+distances are unchanged).
 
 Models whose cache is not per-layer keys and values (state-space and hybrid layers, encoder-
 decoders' cross-attention caches) are refused with a one-line error.
@@ -52,10 +57,11 @@ def present_names(layers: int) -> list[str]:
 class WithPast(torch.nn.Module):
     """`model` called with a cache made of tensors; returns logits and the updated cache as tensors."""
 
-    def __init__(self, model: torch.nn.Module, layers: int):
+    def __init__(self, model: torch.nn.Module, layers: int, keep: int = 0):
         super().__init__()
         self.model = model
         self.layers = layers
+        self.keep = keep  # > 0: the cache rolls, the present keeps the last `keep` positions
 
     def forward(self, input_ids, attention_mask, position_ids, **past: torch.Tensor) -> dict[str, torch.Tensor]:
         from transformers import DynamicCache
@@ -67,9 +73,42 @@ class WithPast(torch.nn.Module):
                          past_key_values=cache, use_cache=True, return_dict=True)
         result = {"logits": out.logits}
         for i, layer in enumerate(out.past_key_values.layers):
-            result[f"present_key_{i}"] = layer.keys
-            result[f"present_value_{i}"] = layer.values
+            keys, values = layer.keys, layer.values
+            if self.keep:  # the last window - 1 positions, as transformers' DynamicSlidingWindowLayer keeps
+                keys, values = _last(keys, self.keep), _last(values, self.keep)
+            result[f"present_key_{i}"] = keys
+            result[f"present_value_{i}"] = values
         return result
+
+
+def _last(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """The last `keep` positions of x [B, H, S, D], zeros in front when S < keep: always `keep` long.
+
+    `x[:, :, -keep:]` traces as a slice of exactly `keep` from `S - keep` under the guard S >= keep
+    that torch.export assumes from its example, wrong for the shorter caches of the first steps; a
+    cache of fixed length with zero positions (masked out by generate.py) has no such case."""
+    pad = x.new_zeros(x.shape[0], x.shape[1], keep, x.shape[3])
+    return torch.cat([pad, x], dim=2)[:, :, x.shape[2]:]
+
+
+def rolling_keep(model: torch.nn.Module) -> int:
+    """Positions a rolling cache keeps (window - 1) when every layer of the model's own cache is a
+    sliding window of one width (Mistral), else 0: the cache keeps every position.
+
+    A model mixing sliding and full layers keeps every position in all of them: one attention_mask
+    spans the cache and the new tokens, so every layer's cache must be as long."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 - a config transformers' cache cannot read: no rolling
+        return 0
+    windows = {getattr(layer, "sliding_window", None) if isinstance(layer, DynamicSlidingWindowLayer) else None for layer in layers}
+    if len(windows) != 1 or None in windows:
+        return 0
+    (window,) = windows
+    return int(window) - 1 if isinstance(window, int) and window > 1 else 0
 
 
 def cache_shapes(model: torch.nn.Module) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -101,6 +140,7 @@ def with_past(model: torch.nn.Module, batch: int = 2) -> tuple[WithPast, dict[st
     """(module, example inputs, dynamic dims, interface description for report.json)."""
     shapes = cache_shapes(model)
     layers = len(shapes)
+    keep = rolling_keep(model)
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 2) or 2)
     gen = torch.Generator().manual_seed(0)
     past, seq = EXAMPLE_PAST, EXAMPLE_SEQ
@@ -123,10 +163,11 @@ def with_past(model: torch.nn.Module, batch: int = 2) -> tuple[WithPast, dict[st
     interface = {
         "layers": layers,
         "cache": [{"key": [k[1], k[3]], "value": [v[1], v[3]]} for k, v in shapes],  # [heads, head_dim] per layer
+        "rolling": keep,  # > 0: present_* keep the last `rolling` positions (a sliding window's cache)
         "eos_token_id": getattr(getattr(model, "generation_config", None), "eos_token_id", getattr(config, "eos_token_id", None)),
         "pad_token_id": getattr(getattr(model, "generation_config", None), "pad_token_id", getattr(config, "pad_token_id", None)),
     }
-    return WithPast(model, layers).eval(), examples, dims, interface
+    return WithPast(model, layers, keep).eval(), examples, dims, interface
 
 
 def loaded_with_past(loaded: LoadedModel) -> LoadedModel:

@@ -4,6 +4,8 @@ Every zoo model that can generate (enumerated: `model.can_generate()`; dense, GQ
 window, MoE) is compiled with its cache as inputs and outputs (t2c/frontends/hf_past.py), and
 32 greedy tokens from the ONNX artifact must equal transformers' own `generate` token for token,
 at batch 1 and at batch 3 with prompts of different lengths (left-padded, as `generate` pads).
+Mistral's window is 8: its rolling cache of 7 positions rolls many times in 32 tokens, from
+prompts both shorter than the cache (zeros in front) and as long.
 """
 
 import pytest
@@ -68,6 +70,14 @@ def test_the_cache_is_inputs_and_outputs(compiled):
     assert [str(d) for d in inputs["attention_mask"].shape] == ["batch", "past+seq"]
     assert [str(d) for d in inputs["past_key_0"].shape[::2]] == ["batch", "past"]
     assert c.report["with_past"]["layers"] == layers and c.ok
+    # A model whose every layer is a sliding window of W keeps a rolling cache of W - 1 positions
+    # (memory flat in the context); the others return the whole past + seq.
+    window = getattr(model.config, "sliding_window", None)
+    present = dict(c.graph.outputs)["present_key_0"].type.shape[2]
+    if window:
+        assert c.report["with_past"]["rolling"] == window - 1 and present == window - 1
+    else:
+        assert c.report["with_past"]["rolling"] == 0 and str(present) == "past+seq"
 
 
 def test_greedy_generation_equals_eager_generate(compiled):
