@@ -52,6 +52,31 @@ REGRESSIONS = {
                                      rope="rotate_half", rotary_fraction=0.5, activation="gelu_tanh", gated=True, mask="causal",
                                      attn_impl="eager", bias=True, batch=2, seq=8, dtype="bfloat16"),
                                 "-O0", "onnx", "standard"),
+    # float16 SDPA with Hugging Face's additive mask (masked_fill(~(causal & padding), finfo(f16).min)):
+    # a query row whose every key is hidden (validation's random mask hides key 0) softmaxes its
+    # scores in eager and the IR, which add the mask to float32 scores (s - 65504 keeps their
+    # differences); ONNX Runtime's Attention adds it to float16 scores, where s - 65504 rounds every
+    # score alike, and gave the mean of v: "the onnx artifact differs from the IR" by 0.08. Also at
+    # -O0 (sdpa) and with dense MLPs. Fixed by 6e2cfcb (t2c/backends/onnx/attention.py: half_bias
+    # shifts each row's mask so its largest visible value is 0).
+    "fp16-fully-masked-row-finfo-min": Case(Spec(seed=128, layers=2, hidden=32, heads=2, kv_heads=1, head_dim=16, norm="layer",
+                                                 placement="pre", rope="interleaved", activation="relu", gated=False, experts=2,
+                                                 top_k=2, mask="causal+padding", attn_impl="sdpa", batch=2, seq=8, dtype="float16"),
+                                            "-O1", "onnx", "standard"),
+    "fp16-fully-masked-row-finfo-min-O0-ort": Case(Spec(seed=128, layers=2, hidden=32, heads=2, kv_heads=1, head_dim=16, norm="layer",
+                                                        placement="pre", rope="interleaved", activation="relu", gated=False,
+                                                        mask="causal+padding", attn_impl="sdpa", batch=2, seq=8, dtype="float16"),
+                                                   "-O0", "onnx", "ort"),
+    # A top-1 MoE of 3 ungated relu experts under w8a8 failed the pass's 10 dB layer bar: the experts
+    # layer at 5.9 dB where every linear was 24-44 dB. qexperts was 38-42 dB on every token but one,
+    # whose float router sat at a near tie (0.4401 vs 0.4394) that the quantized attention's noise
+    # tipped to another expert: a different discrete choice, measured as that layer's noise. Fixed by
+    # c26cda8 (t2c/drift.py: an experts layer's SQNR is over the tokens routed alike; the others
+    # are counted in its row and still reach the later layers, the cosine and the token agreement).
+    "w8a8-moe-rerouted-token-sqnr": Case(Spec(seed=32, layers=1, hidden=48, heads=4, kv_heads=1, head_dim=16, norm="rms",
+                                              placement="post", activation="relu", gated=False, experts=3, top_k=1,
+                                              mask="causal+padding", attn_impl="eager", batch=1, seq=9),
+                                         "-O1,quantize-int8{mode=w8a8}", "onnx", "standard"),
 }
 
 
