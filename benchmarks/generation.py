@@ -7,17 +7,19 @@ For each context length C, in the same run (each library with its default thread
 
   t2c     the ONNX artifact on ONNX Runtime (CPU): the prompt of C tokens in one call, then
           --steps single-token steps feeding back the cache it returned
+  torch.onnx  torch.onnx.export(dynamo=True) of the same with-past module (the cache as inputs and
+          outputs, as Optimum's with-past exports), the same loop on ONNX Runtime
   eager   the transformers model with its own DynamicCache, the same prompt and steps
 
 It reports the median milliseconds per decoded token, tokens per second, the prefill time, and the
 cache's bytes after the last step (the sum of the present tensors; for eager, its cache's
-tensors), and the ratio eager / t2c of the decode time. Windowed decode should keep its cache
+tensors), and the ratios torch.onnx / t2c and eager / t2c of the decode time. Windowed decode should keep its cache
 flat in C; full attention grows linearly. Writes benchmarks/results/generation-<host>-<date>.json.
 
     .venv/bin/python benchmarks/generation.py [--contexts 512,1024,2048,4096,8192] [--steps 16] [--window 256]
 
 Not measured yet (issue 16): linear-attention decode (t2c cannot carry that rewrite into the
-cache yet) and an Optimum-style with-past export by torch.onnx.
+cache yet).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
 
 def build(family: str, hidden: int, layers: int, window: int, max_positions: int):
@@ -53,20 +56,46 @@ def build(family: str, hidden: int, layers: int, window: int, max_positions: int
     return model.eval()
 
 
-def t2c_decode(compiled, prompt, steps: int) -> dict:
+def onnx_anchor(model, out: str):
+    """torch.onnx.export(dynamo=True) of the same with-past module t2c compiles (Optimum's with-past
+    interface: the cache as inputs and outputs), as `run(**inputs) -> {name: tensor}` on ONNX Runtime;
+    None when it does not export."""
+    import onnxruntime as ort
     import torch
 
-    interface = compiled.report["with_past"]
+    from anchors import torch_onnx_export
+    from t2c.frontends.hf_past import present_names, with_past
+
+    module, examples, dims, interface = with_past(model)
+    path = os.path.join(out, "anchor.onnx")
+    try:
+        torch_onnx_export(module, examples, path, {n: list(d) for n, d in dims.items()})
+    except Exception as e:  # noqa: BLE001 - the anchor failing is a result, not a crash
+        print(f"  torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        return None
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = ["logits", *present_names(interface["layers"])]
+
+    def run(**inputs):
+        outs = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        return {n: torch.from_numpy(o) for n, o in zip(names, outs)}
+
+    return run
+
+
+def onnx_decode(run, interface: dict, prompt, steps: int) -> dict:
+    """Prompt in one call, then `steps` single tokens through `run` (a with-past artifact's interface)."""
+    import torch
+
     batch, length = prompt.shape
-    types = {v.name: v.type for v in compiled.graph.inputs}
-    past = {f"past_{kv}_{i}": torch.zeros(batch, layer[kv][0], 0, layer[kv][1], dtype=types[f"past_{kv}_{i}"].dtype.torch)
+    past = {f"past_{kv}_{i}": torch.zeros(batch, layer[kv][0], 0, layer[kv][1])
             for i, layer in enumerate(interface["cache"]) for kv in ("key", "value")}
     mask = torch.ones(batch, length, dtype=torch.long)
     positions = torch.arange(length)[None].expand(batch, length)
     ids, times = prompt, []
     for step in range(steps + 1):
         start = time.perf_counter()
-        out = compiled(input_ids=ids, attention_mask=mask, position_ids=positions, **past)
+        out = run(input_ids=ids, attention_mask=mask, position_ids=positions, **past)
         times.append(time.perf_counter() - start)
         past = {f"past_{kv}_{i}": out[f"present_{kv}_{i}"] for i in range(interface["layers"]) for kv in ("key", "value")}
         cached = past["past_key_0"].shape[2]
@@ -106,6 +135,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--models", default="llama,mistral")
+    parser.add_argument("--no-anchor", action="store_true", help="skip torch.onnx.export's with-past export")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
 
@@ -122,18 +152,28 @@ def main() -> None:
             start = time.perf_counter()
             compiled = t2c.compile(model, {"input_ids": ids}, out=out, with_past=True)
             compile_s = time.perf_counter() - start
+            interface = compiled.report["with_past"]
+            anchor = None if args.no_anchor else onnx_anchor(model, out)
             rows[family] = []
             warm = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(1))
-            t2c_decode(compiled, warm, 2), eager_decode(model, warm, 2)  # first calls pay one-time setup
+            for run in (compiled, anchor):  # first calls pay one-time setup
+                if run is not None:
+                    onnx_decode(run, interface, warm, 2)
+            eager_decode(model, warm, 2)
             for context in contexts:
                 prompt = torch.randint(0, 1000, (1, context), generator=torch.Generator().manual_seed(context))
-                ours, eager = t2c_decode(compiled, prompt, args.steps), eager_decode(model, prompt, args.steps)
-                row = {"context": context, "t2c": ours, "eager": eager, "decode_speedup": eager["decode_ms"] / ours["decode_ms"],
-                       "compile_s": compile_s, "rolling": compiled.report["with_past"]["rolling"]}
+                ours, eager = onnx_decode(compiled, interface, prompt, args.steps), eager_decode(model, prompt, args.steps)
+                theirs = onnx_decode(anchor, interface, prompt, args.steps) if anchor is not None else None
+                row = {"context": context, "t2c": ours, "eager": eager, "torch_onnx": theirs,
+                       "eager_over_t2c": eager["decode_ms"] / ours["decode_ms"],
+                       "torch_onnx_over_t2c": theirs["decode_ms"] / ours["decode_ms"] if theirs else None,
+                       "compile_s": compile_s, "rolling": interface["rolling"]}
                 rows[family].append(row)
-                print(f"{family:<8} ctx {context:>5}: t2c {ours['decode_ms']:7.2f} ms/token ({1000 / ours['decode_ms']:7.1f} tok/s), "
-                      f"cache {ours['cache_bytes'] / 2**20:7.2f} MiB, prefill {ours['prefill_s']:6.2f} s | eager {eager['decode_ms']:7.2f} ms/token, "
-                      f"cache {eager['cache_bytes'] / 2**20:7.2f} MiB, prefill {eager['prefill_s']:6.2f} s | eager/t2c {row['decode_speedup']:.2f}x",
+                anchor_text = (f"torch.onnx {theirs['decode_ms']:7.2f} ms, cache {theirs['cache_bytes'] / 2**20:6.2f} MiB ({row['torch_onnx_over_t2c']:.2f}x)"
+                               if theirs else "torch.onnx -")
+                print(f"{family:<8} ctx {context:>5}: t2c {ours['decode_ms']:7.2f} ms/token ({1000 / ours['decode_ms']:6.0f} tok/s), "
+                      f"cache {ours['cache_bytes'] / 2**20:6.2f} MiB, prefill {ours['prefill_s']:5.2f} s | {anchor_text} | "
+                      f"eager {eager['decode_ms']:7.2f} ms, cache {eager['cache_bytes'] / 2**20:6.2f} MiB ({row['eager_over_t2c']:.2f}x)",
                       flush=True)
     doc = {
         "benchmark": "generation", "host": platform.node(), "python": platform.python_version(),
