@@ -11,6 +11,9 @@ turn (so machine noise falls on all three alike):
                  with (names and shape from t2c's report: token ids, a mask of ones, token types of
                  zeros) and calls torch.onnx.export(dynamo=True) (benchmarks/anchors.py)
 
+  floor          a script that imports torch and transformers, loads the folder and runs the model at
+                 the two shapes validation uses: what any validated compile pays before its own work
+
 It prints the median wall time of each and the ratios to the anchor, plus t2c's own stage timings
 (report.json), and writes benchmarks/results/compile_time-<host>-<date>.json. Ratios from the same
 run only: these machines are shared.
@@ -49,6 +52,17 @@ for name, shape in {inputs!r}.items():
     else:  # attention_mask: ones; token_type_ids: zeros
         inputs[name] = torch.ones(shape, dtype=torch.long) if name == "attention_mask" else torch.zeros(shape, dtype=torch.long)
 torch_onnx_export(model, inputs, {out!r})
+"""
+
+# The floor under any validated compile: import torch and transformers, load the folder, run the
+# model at the two shapes validation compares (t2c's traced shape and a second one). Both t2c and
+# the anchor pay it; only what lies above it is either tool's own.
+FLOOR_SCRIPT = """
+import torch, transformers
+model = getattr(transformers, {model_class!r}).from_pretrained({folder!r}).eval()
+with torch.no_grad():
+    for shape in ({shape!r}, (2, 193)):
+        model(**{{name: torch.ones(shape, dtype=torch.long) for name in {names!r}}})
 """
 
 # family -> (config class, model class, extra config fields); sizes from --hidden / --layers
@@ -118,7 +132,7 @@ def main() -> None:
                 "t2c": T2C + ["compile", folder, "-o", out],
                 "t2c-novalid": T2C + ["compile", folder, "-o", os.path.join(tmp, f"{family}-nv"), "--no-validate"],
             }
-            times: dict[str, list[float]] = {"t2c": [], "t2c-novalid": [], "anchor": []}
+            times: dict[str, list[float]] = {"t2c": [], "t2c-novalid": [], "anchor": [], "floor": []}
             stages: list[dict] = []
             for r in range(args.repeat):
                 for name, cmd in commands.items():
@@ -131,6 +145,11 @@ def main() -> None:
                     f.write(ANCHOR_SCRIPT.format(here=HERE, model_class=model_class, folder=folder, inputs=compiled_inputs(report),
                                                  out=os.path.join(tmp, f"{family}-anchor.onnx")))
                 times["anchor"].append(timed([PY, anchor_py], env, may_fail=True))
+                floor_py = os.path.join(tmp, f"{family}-floor.py")
+                inputs = compiled_inputs(report)
+                with open(floor_py, "w") as f:
+                    f.write(FLOOR_SCRIPT.format(model_class=model_class, folder=folder, shape=next(iter(inputs.values())), names=list(inputs)))
+                times["floor"].append(timed([PY, floor_py], env))
                 print(f"  {family} run {r + 1}/{args.repeat}: " + ", ".join(
                     f"{k} {v[-1]:.2f} s" if v[-1] is not None else f"{k} failed" for k, v in times.items()), flush=True)
             med = {k: statistics.median(v) if None not in v else None for k, v in times.items()}
@@ -140,12 +159,13 @@ def main() -> None:
                             "inputs": compiled_inputs(report)}
 
     print(f"\nwhole processes, median of {args.repeat} ({args.layers} layers, hidden {args.hidden}); ratio = time / torch.onnx.export's")
-    print(f"{'model':<9} {'t2c':>8} {'ratio':>6} {'no-valid':>9} {'ratio':>6} {'anchor':>8}")
+    print(f"{'model':<9} {'t2c':>8} {'ratio':>6} {'no-valid':>9} {'ratio':>6} {'anchor':>8} {'floor':>7} {'ratio':>6}")
     for family, row in rows.items():
         m, r = row["median_s"], row["ratio_to_anchor"]
         anchor = f"{m['anchor']:8.2f}" if m["anchor"] is not None else "  failed"
-        ratios = [f"{r[k]:6.2f}" if r[k] is not None else "     -" for k in ("t2c", "t2c-novalid")]
-        print(f"{family:<9} {m['t2c']:8.2f} {ratios[0]} {m['t2c-novalid']:9.2f} {ratios[1]} {anchor}")
+        ratios = [f"{r[k]:6.2f}" if r[k] is not None else "     -" for k in ("t2c", "t2c-novalid", "floor")]
+        print(f"{family:<9} {m['t2c']:8.2f} {ratios[0]} {m['t2c-novalid']:9.2f} {ratios[1]} {anchor} {m['floor']:7.2f} {ratios[2]}")
+    print("floor: import torch + transformers, load the folder, run the model at both validation shapes (what any validated compile pays)")
     doc = {
         "benchmark": "compile_time", "host": platform.node(), "python": platform.python_version(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
