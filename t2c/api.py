@@ -120,7 +120,7 @@ def compile(
     if with_past:
         from .frontends.hf_past import loaded_with_past
 
-        loaded = loaded_with_past(loaded)
+        loaded = loaded_with_past(loaded, Pipeline.from_spec(passes))
     options = CompileOptions(
         pipeline=Pipeline.from_spec(passes), target=target, target_options=target_options,
         static=static, validate=validate, max_drift=max_drift,

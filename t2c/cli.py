@@ -147,7 +147,7 @@ def _compile_options(pipeline: str, target: str, given: dict, static: bool, vali
     return options
 
 
-def _load(model: str, trust_model: bool, inputs: tuple[str, ...], with_past: bool = False):
+def _load(model: str, trust_model: bool, inputs: tuple[str, ...], with_past: bool = False, pipeline=None):
     from .frontends.loaders import InputSpec, load_model
 
     specs = [InputSpec.parse(t) for t in inputs] or None
@@ -155,7 +155,7 @@ def _load(model: str, trust_model: bool, inputs: tuple[str, ...], with_past: boo
     if with_past:
         from .frontends.hf_past import loaded_with_past
 
-        loaded = loaded_with_past(loaded)
+        loaded = loaded_with_past(loaded, pipeline)
     return loaded
 
 
@@ -181,7 +181,7 @@ def compile(model, out_dir, target, level, pipeline, inputs, static, trust_model
                                min_sqnr=min_sqnr, min_token_agreement=min_token_agreement, calibrate=calibrate, dtype=dtype)
     out_dir = out_dir or _default_out(model)
     _check_out_dir(out_dir)
-    loaded = _load(model, trust_model, inputs, with_past)
+    loaded = _load(model, trust_model, inputs, with_past, options.pipeline)
     display = _StageDisplay(sys.stderr.isatty())
     result = compile_loaded(loaded, options, out_dir, progress=display)
     click.echo(summary_lines(result.report, out_dir))
@@ -209,7 +209,7 @@ def check(model, pipeline, target, inputs, static, trust_model, with_past, max_d
                                per_pass=True)
     if out_dir is not None:
         _check_out_dir(out_dir)
-    loaded = _load(model, trust_model, inputs, with_past)
+    loaded = _load(model, trust_model, inputs, with_past, options.pipeline)
     with tempfile.TemporaryDirectory(prefix="t2c-check-") as scratch:
         try:
             report = compile_loaded(loaded, options, out_dir or os.path.join(scratch, "out"), progress=_StageDisplay(sys.stderr.isatty())).report

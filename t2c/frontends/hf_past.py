@@ -136,11 +136,13 @@ def cache_shapes(model: torch.nn.Module) -> list[tuple[tuple[int, ...], tuple[in
     return shapes
 
 
-def with_past(model: torch.nn.Module, batch: int = 2) -> tuple[WithPast, dict[str, torch.Tensor], dict[str, dict[int, str]], dict[str, Any]]:
-    """(module, example inputs, dynamic dims, interface description for report.json)."""
+def with_past(model: torch.nn.Module, batch: int = 2, window: int = 0) -> tuple[WithPast, dict[str, torch.Tensor], dict[str, dict[int, str]], dict[str, Any]]:
+    """(module, example inputs, dynamic dims, interface description for report.json); `window` > 1:
+    t2c's window pass will restrict attention to W keys, so the cache keeps W - 1 as well."""
     shapes = cache_shapes(model)
     layers = len(shapes)
-    keep = rolling_keep(model)
+    keeps = [k for k in (rolling_keep(model), window - 1) if k > 0]  # the model's window and t2c's: the narrower
+    keep = min(keeps) if keeps else 0
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 2) or 2)
     gen = torch.Generator().manual_seed(0)
     past, seq = EXAMPLE_PAST, EXAMPLE_SEQ
@@ -170,12 +172,21 @@ def with_past(model: torch.nn.Module, batch: int = 2) -> tuple[WithPast, dict[st
     return WithPast(model, layers, keep).eval(), examples, dims, interface
 
 
-def loaded_with_past(loaded: LoadedModel) -> LoadedModel:
-    """The loaded model as its with-past graph's module, examples and dims (`--with-past`)."""
+def pipeline_window(pipeline: Any) -> int:
+    """W of a `window{size=W}` (sliding, no global tokens) in the pipeline, else 0: such a window
+    rolls the cache as a model's own would (the pass puts the window into the cache's mask)."""
+    sizes = [p.size for p in getattr(pipeline, "passes", ()) if getattr(p, "name", "") == "window"
+             and getattr(p, "kind", "") == "sliding" and not getattr(p, "global_tokens", 0)]
+    return min(sizes) if sizes else 0
+
+
+def loaded_with_past(loaded: LoadedModel, pipeline: Any = None) -> LoadedModel:
+    """The loaded model as its with-past graph's module, examples and dims (`--with-past`);
+    a sliding `window{size=W}` in `pipeline` rolls the cache at W - 1 positions."""
     from .hf import is_hf_model
 
     if not is_hf_model(loaded.module):
         raise UserError(f"{WITH_PAST_HINT}; {loaded.source} is a {type(loaded.module).__name__}")
     batch = next((int(t.shape[0]) for t in loaded.example_inputs.values() if isinstance(t, torch.Tensor) and t.dim() >= 1), 2)
-    module, examples, dims, interface = with_past(loaded.module.eval(), max(batch, 2))
+    module, examples, dims, interface = with_past(loaded.module.eval(), max(batch, 2), pipeline_window(pipeline))
     return dataclasses.replace(loaded, module=module, example_inputs=examples, dynamic_dims=dims, with_past=interface)

@@ -120,3 +120,22 @@ def test_generate_refuses_an_artifact_without_cache(tmp_path):
     c = t2c.compile(model, examples, out=str(tmp_path))
     with pytest.raises(UserError, match="compiled without a KV cache"):
         c.generate([1, 2, 3], 4)
+
+
+def test_t2c_window_rolls_the_cache_and_decodes_as_the_windowed_model(tmp_path):
+    """`window{size=4}` on a full-attention Llama with --with-past: the window goes into the
+    cache's mask, the cache rolls at 3 positions, and greedy decoding from it equals recomputing
+    the whole sequence each step through the same pipeline compiled without a cache."""
+    model, examples = zoo.build("llama")
+    pipeline = "-O1,window{size=4}"
+    past = t2c.compile(model, examples, passes=pipeline, out=str(tmp_path / "past"), with_past=True)
+    full = t2c.compile(model, examples, passes=pipeline, out=str(tmp_path / "full"))
+    assert past.report["with_past"]["rolling"] == 3 and dict(past.graph.outputs)["present_key_0"].type.shape[2] == 3
+    window = next(p for p in past.report["passes"] if p["pass"] == "window")
+    assert window["stats"]["kv_cache"] == model.config.num_hidden_layers
+    got = past.generate(PROMPTS, 24, eos_token_id=None)
+    for prompt, tokens in zip(PROMPTS, got):
+        sequence = list(prompt)
+        for _ in range(24):
+            sequence.append(int(full(input_ids=torch.tensor([sequence]))["logits"][0, -1].argmax()))
+        assert tokens == sequence[len(prompt):]

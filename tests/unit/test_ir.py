@@ -119,6 +119,19 @@ def test_verifier_rejects_malformed_attrs():
         verify(g)
 
 
+def test_attention_structure_needs_one_index_space():
+    """causal/window structure counts queries and keys from 0 alike: refused over a KV cache (k longer than q)."""
+    text = """graph g
+input %0 "q" : f32[1,2,seq,8]
+input %1 "k" : f32[1,2,past+seq,8]
+%2 = attention(%0, %1, %1) {scale=0.25, causal=CAUSAL, window=[-1,-1], block=0, global_tokens=0, kv_heads=2, softcap=0.0, rope="none", rotary_dim=0, rope_cache="full", rope_positions="input"} : f32[1,2,seq,8]
+output "out" = %2
+"""
+    verify(parse_graph(text.replace("CAUSAL", "false")))  # a plain (masked or cross) attention is fine
+    with pytest.raises(VerifyError, match="need as many queries as keys"):
+        verify(parse_graph(text.replace("CAUSAL", "true")))
+
+
 def test_parser_errors_name_the_line():
     with pytest.raises(IRParseError, match="line 3"):
         parse_graph('graph g\ninput %0 "x" : f32[4]\n%1 = nosuchop(%0) : f32[4]\noutput "y" = %1\n')

@@ -151,6 +151,10 @@ def _check_qkv(types, kv_heads: int, op: str) -> None:
 
 def _attention_verify(types, a):
     _check_qkv(types, a.kv_heads, "attention")
+    if has_structure(a) and not dims_equal(types[0].shape[-2], types[1].shape[-2]):
+        # i and j count from 0 in one index space: with a KV cache (k longer than q) query i is
+        # position past + i, which the structure cannot say; such attention keeps its mask operand.
+        raise VerifyError("attention: causal, window, block and global-token structure need as many queries as keys")
     left, right = a.window
     if left < -1 or right < -1 or a.block < 0 or a.global_tokens < 0 or a.softcap < 0:
         raise VerifyError("attention: window bounds are >= -1; block, global_tokens and softcap are >= 0")
