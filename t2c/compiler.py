@@ -1,7 +1,8 @@
 """The main job, top to bottom: trace, run passes, lower, validate, write the folder.
 
     trace     the loaded module becomes an IR graph (dynamic batch/seq unless static)
-    passes    one pass at a time, each result checked against eager (its drift)
+    passes    one pass at a time, each result checked against eager (its drift); then the final IR's
+              outputs at every shape, which validate compares the artifact with
     lower     the final IR becomes the target's artifact (the backend registry names the targets)
     validate  the artifact, loaded back by its backend, against the IR interpreter, at two shapes
     write     the artifact, model.t2c, report.json, report.html appear in OUT at once
@@ -36,7 +37,7 @@ from .passes.calibration import Calibration, calibrating, load_calibration
 from .passes.manager import Pipeline
 from .precision import Precision, choose as choose_precision, graph_inputs, inputs_in, module_in
 from .precision import NAMES as _DTYPE_NAMES
-from .validate import HALF_DTYPES, DriftBar, OutputComparison, compare_all, judge_half_by_fp32, noisy_artifact, second_shape_candidates, shape_label, worst
+from .validate import HALF_DTYPES, DriftBar, OutputComparison, compare_all, judge_half_by_fp32, noisy_artifact, page_out_mapped, second_shape_candidates, shape_label, worst
 
 @dataclass
 class CompileOptions:
@@ -190,6 +191,10 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
     calibration = Calibration(load_calibration(options.calibrate, graph), source=options.calibrate) if options.calibrate else Calibration()
     with _stage(report, "passes", progress), calibrating(calibration):
         graph, report["passes"], report["traced_vs_eager"] = _run_passes(graph, options, shapes, eager, progress, traced_reference)
+        # What the artifact must reproduce, run while the weights are resident: lowering a >1 GiB
+        # model pages out each weight it writes (backends/onnx/external.py) and validation pages out
+        # the rest before the backend loads its own copy (validate.page_out_mapped).
+        ir_runs = _ir_runs(graph, shapes) if options.validate else None
     if calibration.notes:
         report.setdefault("warnings", []).extend(calibration.notes)
     report["op_counts"]["final"] = graph.op_counts()
@@ -207,8 +212,13 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
                 f.write(print_graph(graph))
         if options.validate:
             with _stage(report, "validate", progress):
+                # The weights' file-mapped pages (a safetensors checkpoint, which the IR's params share) leave
+                # resident memory before the backend loads its own copy: the two are never resident at once.
+                page_out_mapped([*graph.params.values(), *module.parameters(), *module.buffers()])
                 runner = backend.load(tmp, target_options)
-                report["validation"] = _validate_artifact(runner, graph, shapes, options, report["passes"], precision, references, report["traced_vs_eager"])
+                report["validation"] = _validate_artifact(runner, graph, shapes, options, report["passes"], precision, references, report["traced_vs_eager"],
+                                                          ir_runs=ir_runs)
+                del runner, ir_runs
         else:
             report["validation"] = {"ok": None, "skipped": True}
         if "vs_eager_dtypes" in report["validation"]:
@@ -327,9 +337,20 @@ def _eager_references(module, precision: Precision, shapes, eager, report: dict)
     return out
 
 
+def _ir_runs(graph: Graph, shapes) -> list[tuple[dict, dict]]:
+    """(inputs in the graph's dtypes, the interpreter's outputs) at every shape: what the artifact must reproduce."""
+    runs = []
+    for inp in shapes:
+        inp = graph_inputs(graph, inp)
+        runs.append((inp, run_graph(graph, inp)))
+    return runs
+
+
 def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pass_records,
-                       precision: Precision | None = None, references: dict | None = None, traced=()) -> dict:
+                       precision: Precision | None = None, references: dict | None = None, traced=(), *, ir_runs=None) -> dict:
     """Artifact vs interpreter at every shape, plus the exactness of exact passes vs eager.
+
+    `ir_runs` are `_ir_runs(graph, shapes)` when the caller ran the interpreter before loading the artifact.
 
     With eager references in several dtypes (precision.py), the artifact's outputs are also
     compared with each of them (`precision.references` in the report): measured, not judged;
@@ -342,11 +363,9 @@ def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pa
     # is held to the approximate bar (cosine) instead of float tolerance (validate.noisy_artifact).
     noisy = noisy_artifact(graph, options.drift_bar(None))
     artifact_outputs = []
-    for inp in shapes:
-        inp = graph_inputs(graph, inp)
+    for inp, want in ir_runs if ir_runs is not None else _ir_runs(graph, shapes):
         got = runner(**inp)
         artifact_outputs.append(got)
-        want = run_graph(graph, inp)
         comparisons = compare_all(got, want)
         if noisy is not None:
             comparisons = [noisy.judge(c) for c in comparisons]

@@ -11,10 +11,14 @@ batch/sequence shape (DESIGN §7):
 
 from __future__ import annotations
 
+import bisect
+import ctypes
 import math
+import mmap
 import re
+import sys
 from dataclasses import asdict, dataclass, replace
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 
@@ -298,3 +302,68 @@ def _tiled_inputs(graph: Graph, examples: Mapping[str, torch.Tensor], sizes: dic
 
 def shape_label(inputs: Mapping[str, torch.Tensor]) -> str:
     return ", ".join(f"{k}={'x'.join(map(str, t.shape))}" for k, t in inputs.items())
+
+
+# madvise(2) advice: reclaim these pages now (Linux 5.4+; older kernels refuse it and nothing happens).
+MADV_PAGEOUT = 21
+_NOT_FILES = ("/dev/", "/memfd:", "/SYSV")  # shared memory: paging it out would write it to swap
+
+
+def page_out_mapped(tensors: Iterable[object]) -> int:
+    """Take the file-mapped pages of `tensors` out of this process's resident memory; bytes advised.
+
+    transformers maps a safetensors checkpoint's weights from the file (its pages join the RSS as
+    they are read), and the IR's params share that memory. Before the backend loads its own copy
+    of the weights (ONNX Runtime: the whole of model.onnx.data), the compiler pages these out so
+    the two copies are never resident at once; lowering a spilled model pages out each param once
+    it is written (backends/onnx/external.py). Nothing is freed or changed, and the caller's
+    tensors stay valid: a page read again comes back from the file (MADV_PAGEOUT never discards
+    data, unlike MADV_DONTNEED on a private mapping). Tensors in anonymous memory (built in
+    Python, read into memory) are left alone. Linux only; elsewhere, or when /proc/self/maps
+    cannot be read, nothing happens.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    storages: dict[int, int] = {}  # start -> bytes
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.layout == torch.strided:
+            s = t.untyped_storage()
+            if s.nbytes():
+                storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
+    if not storages:
+        return 0
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    files = []  # (start, end) of the mappings of regular files, in address order
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[4] != "0" and parts[5].startswith("/") and not parts[5].startswith(_NOT_FILES):
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            files.append((start, end))
+    page = mmap.PAGESIZE
+    ranges = []
+    starts = [s for s, _ in files]
+    for ptr, nbytes in storages.items():
+        i = max(bisect.bisect_right(starts, ptr) - 1, 0)
+        while i < len(files) and files[i][0] < ptr + nbytes:
+            lo, hi = max(files[i][0], ptr), min(files[i][1], ptr + nbytes)
+            if lo < hi:  # rounded out to whole pages, which stay inside the (page-aligned) mapping
+                ranges.append((lo - lo % page, -(-hi // page) * page))
+            i += 1
+    if not ranges:
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):
+        return 0
+    advised, end = 0, 0
+    for lo, hi in sorted(ranges):  # merged, so each page is advised once
+        lo = max(lo, end)
+        if lo < hi and libc.madvise(lo, hi - lo, MADV_PAGEOUT) == 0:
+            advised += hi - lo
+        end = max(end, hi)
+    return advised

@@ -5,7 +5,9 @@ ModelProto. While lowering, `SpillingContext.add_initializer` appends each initi
 INLINE_MAX bytes to a spill file as it is made (from the tensor's own memory: no bytes object,
 no TensorProto holding it) and records an EXTERNAL TensorProto (location `model.onnx.data`,
 offset, length) instead; the tensor can then be freed (the pre-transposed `<param>.T` copies
-that lowering.py makes are gone as soon as they are written). Small tensors (shape constants,
+that lowering.py makes are gone as soon as they are written), and the pages of the params it
+came from leave resident memory where they map a file (validate.page_out_mapped: a safetensors
+checkpoint's weights are read back from it when needed). Small tensors (shape constants,
 which shape inference reads) stay inline. `save` moves or links the spill file next to
 model.onnx as model.onnx.data; the ModelProto never holds the weights' bytes.
 
@@ -28,6 +30,7 @@ import torch
 from onnx import TensorProto
 
 from ...ir.core import DType
+from ...validate import page_out_mapped
 from .context import ONNX_DTYPE, Context
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # weights beyond 1 GiB go to model.onnx.data
@@ -110,6 +113,7 @@ class SpillingContext(Context):
         self.threshold = threshold
         self.total = 0  # bytes of every initializer so far
         self.writer: DataWriter | None = None
+        self._read: list[torch.Tensor] = []  # params lowering read since the last initializer written (param_tensor)
         params = sum(t.numel() * t.element_size() for t in graph.params.values() if isinstance(t, torch.Tensor))
         if params > threshold:
             self._start_spilling()
@@ -126,6 +130,12 @@ class SpillingContext(Context):
                 proto.ClearField("raw_data")
                 _set_external(proto, offset, length, self.location)
 
+    def param_tensor(self, v):
+        t = super().param_tensor(v)
+        if t is not None and self.writer is not None:
+            self._read.append(t)
+        return t
+
     def add_initializer(self, name: str, t: torch.Tensor) -> str:
         if name in self.initializers:
             return name
@@ -140,6 +150,11 @@ class SpillingContext(Context):
         offset, length = self.writer.write(_tensor_bytes(t))
         _set_external(proto, offset, length, self.location)
         self.initializers[name] = proto
+        # Written: the tensor and the params read to make it (the `<param>.T` copies' sources) leave
+        # resident memory where they map a file (a safetensors checkpoint), so that the weights
+        # lowered so far and the copy being made are not all resident at the end of lowering.
+        page_out_mapped([t, *self._read])
+        self._read.clear()
         return name
 
     def discard(self) -> None:
