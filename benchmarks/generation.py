@@ -87,9 +87,10 @@ def onnx_decode(run, interface: dict, prompt, steps: int) -> dict:
     """Prompt in one call, then `steps` single tokens through `run` (a with-past artifact's interface)."""
     import torch
 
+    from t2c.generate import empty_cache, next_mask
+
     batch, length = prompt.shape
-    past = {f"past_{kv}_{i}": torch.zeros(batch, layer[kv][0], 0, layer[kv][1])
-            for i, layer in enumerate(interface["cache"]) for kv in ("key", "value")}
+    past = empty_cache(interface, batch)
     mask = torch.ones(batch, length, dtype=torch.long)
     positions = torch.arange(length)[None].expand(batch, length)
     ids, times = prompt, []
@@ -98,10 +99,8 @@ def onnx_decode(run, interface: dict, prompt, steps: int) -> dict:
         out = run(input_ids=ids, attention_mask=mask, position_ids=positions, **past)
         times.append(time.perf_counter() - start)
         past = {f"past_{kv}_{i}": out[f"present_{kv}_{i}"] for i in range(interface["layers"]) for kv in ("key", "value")}
-        cached = past["past_key_0"].shape[2]
         ids = out["logits"][:, -1].argmax(-1)[:, None]
-        mask = torch.cat([torch.zeros(batch, max(0, cached - mask.shape[1]), dtype=torch.long), mask,
-                          torch.ones(batch, 1, dtype=torch.long)], dim=1)[:, -(cached + 1):]
+        mask = next_mask(mask, past["past_key_0"].shape[2])
         positions = positions[:, -1:] + 1
     return {"prefill_s": times[0], "decode_ms": 1000 * statistics.median(times[1:]),
             "cache_bytes": sum(t.numel() * t.element_size() for t in past.values())}

@@ -59,7 +59,7 @@ def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: 
     ids = torch.tensor([[pad] * (longest - len(s)) + s for s in sequences], dtype=torch.long)
     mask = torch.tensor([[0] * (longest - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    past = _empty_cache(compiled, interface, batch)
+    past = empty_cache(interface, batch, {v.name: v.type.dtype.torch for v in compiled.graph.inputs})
 
     out: list[list[int]] = [[] for _ in sequences]
     done = [False] * batch
@@ -74,11 +74,7 @@ def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: 
             break
         past = {f"past_{kv}_{i}": result[f"present_{kv}_{i}"] for i in range(interface["layers"]) for kv in ("key", "value")}
         ids = torch.where(torch.tensor(done), pad, chosen)[:, None]
-        # The mask spans the cache and the next token. A rolling cache (a sliding window's) is the
-        # last W - 1 positions, zeros in front while fewer were seen: the mask rolls alike, 0 there.
-        cached = past["past_key_0"].shape[2]
-        mask = torch.cat([torch.zeros(batch, max(0, cached - mask.shape[1]), dtype=torch.long), mask,
-                          torch.ones(batch, 1, dtype=torch.long)], dim=1)[:, -(cached + 1):]
+        mask = next_mask(mask, past["past_key_0"].shape[2])
         positions = positions[:, -1:] + 1
     return out[0] if single else out
 
@@ -90,13 +86,22 @@ def _vocab(compiled: Any) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def _empty_cache(compiled: Any, interface: dict, batch: int) -> dict[str, torch.Tensor]:
-    """past_* inputs of length 0 in the dtype the artifact takes."""
-    types = {v.name: v.type for v in compiled.graph.inputs}
+def empty_cache(interface: dict, batch: int, dtypes: dict[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
+    """past_* inputs of length 0 (the prompt's step), in the dtypes the artifact takes (float32 if not given)."""
     past = {}
     for i, layer in enumerate(interface["cache"]):
         for kv in ("key", "value"):
             name = f"past_{kv}_{i}"
             heads, dim = layer[kv]
-            past[name] = torch.zeros(batch, heads, 0, dim, dtype=types[name].dtype.torch)
+            past[name] = torch.zeros(batch, heads, 0, dim, dtype=(dtypes or {}).get(name, torch.float32))
     return past
+
+
+def next_mask(mask: torch.Tensor, cached: int) -> torch.Tensor:
+    """The attention_mask of the next single-token step, over the `cached` positions returned and the new token.
+
+    A rolling cache (a sliding window's) is the last W - 1 positions, zeros in front while fewer
+    were seen: the mask rolls alike, 0 on those zeros."""
+    batch = mask.shape[0]
+    return torch.cat([torch.zeros(batch, max(0, cached - mask.shape[1]), dtype=mask.dtype), mask,
+                      torch.ones(batch, 1, dtype=mask.dtype)], dim=1)[:, -(cached + 1):]
