@@ -59,6 +59,14 @@ def test_generate_needs_a_with_past_folder(folders, capsys):
     assert code == 2 and "is not a folder" in err
 
 
+def test_check_with_past_passes_every_stage(folders, capsys, tmp_path):
+    root, _ = folders
+    code, out, err = run(capsys, "check", str(root / "llama"), "--with-past", "--json", str(tmp_path / "c.json"))
+    assert code == 0, err
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["report"]["with_past"]["layers"] == 2 and out.strip().endswith("0 failed")
+
+
 def test_label_expr_is_a_sum_of_labels():
     assert str(label_expr("past+seq")) == "past + seq"
     with pytest.raises(UserError, match="names joined by"):

@@ -139,3 +139,18 @@ def test_t2c_window_rolls_the_cache_and_decodes_as_the_windowed_model(tmp_path):
         for _ in range(24):
             sequence.append(int(full(input_ids=torch.tensor([sequence]))["logits"][0, -1].argmax()))
         assert tokens == sequence[len(prompt):]
+
+
+def test_moe_and_int8_decode_as_the_same_pipeline_without_cache(tmp_path):
+    """Mixtral at -O2 (weight-only int8 linears and experts) with --with-past: greedy decoding from
+    the cache equals recomputing the whole sequence each step through -O2 compiled without one."""
+    model, examples = zoo.build("mixtral")
+    past = t2c.compile(model, examples, passes="-O2", out=str(tmp_path / "past"), with_past=True)
+    full = t2c.compile(model, examples, passes="-O2", out=str(tmp_path / "full"))
+    ops = past.report["op_counts"]["final"]
+    assert ops.get("qlinear") and ops.get("qexperts") and past.ok
+    for prompt, tokens in zip(PROMPTS, past.generate(PROMPTS, 16, eos_token_id=None)):
+        sequence = list(prompt)
+        for _ in range(16):
+            sequence.append(int(full(input_ids=torch.tensor([sequence]))["logits"][0, -1].argmax()))
+        assert tokens == sequence[len(prompt):]
