@@ -24,15 +24,15 @@ run only: these machines are shared.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from _results import header, write  # benchmarks/_results.py (the script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -167,16 +167,10 @@ def main() -> None:
         print(f"{family:<9} {m['t2c']:8.2f} {ratios[0]} {m['t2c-novalid']:9.2f} {ratios[1]} {anchor} {m['floor']:7.2f} {ratios[2]}")
     print("floor: import torch + transformers, load the folder, run the model at both validation shapes (what any validated compile pays)")
     doc = {
-        "benchmark": "compile_time", "host": platform.node(), "python": platform.python_version(),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+        **header("compile_time"),
         "layers": args.layers, "hidden": args.hidden, "repeat": args.repeat, "models": rows,
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"compile_time-{platform.node()}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=2)
-    print(f"wrote {path}")
+    write(doc, args.out)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,8 @@ cache yet).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
+from _results import header, write  # noqa: E402  (benchmarks/_results.py)
 
 
 def build(family: str, hidden: int, layers: int, window: int, max_positions: int):
@@ -175,16 +172,10 @@ def main() -> None:
                       f"eager {eager['decode_ms']:7.2f} ms, cache {eager['cache_bytes'] / 2**20:6.2f} MiB ({row['eager_over_t2c']:.2f}x)",
                       flush=True)
     doc = {
-        "benchmark": "generation", "host": platform.node(), "python": platform.python_version(),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+        **header("generation"),
         "hidden": args.hidden, "layers": args.layers, "window": args.window, "steps": args.steps, "threads": "each library's default", "models": rows,
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"generation-{platform.node()}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=2)
-    print(f"wrote {path}")
+    write(doc, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ steps still run (the batch decodes together) and are dropped.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
