@@ -58,8 +58,12 @@ def eager(batch):
     mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in batch])
     model.config.use_cache = True
     with torch.no_grad():
+        # plain greedy search: the logits processors a generation_config may carry (forced end or start
+        # tokens, penalties, suppressed ids) are not what a with-past artifact computes
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens={tokens}, min_new_tokens={tokens},
-                             do_sample=False, eos_token_id=None, pad_token_id=0)
+                             do_sample=False, num_beams=1, eos_token_id=None, pad_token_id=0, forced_eos_token_id=None,
+                             forced_bos_token_id=None, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                             suppress_tokens=None, begin_suppress_tokens=None, bad_words_ids=None)
     return out[:, longest:].tolist()
 try:
     c = t2c.compile(model, {{"input_ids": torch.tensor([prompts[0]] * 2)}}, out={out!r}, with_past=True)
