@@ -38,14 +38,15 @@ def test_the_zoo_has_the_decoder_kinds():
     assert set(DECODERS) >= {"gpt2", "llama", "mistral", "mixtral"}, DECODERS
 
 
-def _eager_generate(model, prompts: list[list[int]], eos) -> list[list[int]]:
+def _eager_generate(model, prompts: list[list[int]], eos, tokens: int = NEW_TOKENS) -> list[list[int]]:
     """transformers' greedy generate on left-padded prompts, cut after each sequence's first eos."""
     longest = max(map(len, prompts))
     ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
     model.config.use_cache = True
+    stop = {} if eos is not None else {"eos_token_id": None, "pad_token_id": 0}
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False)[:, longest:].tolist()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False, **stop)[:, longest:].tolist()
     eos = {eos} if isinstance(eos, int) else set(eos or [])
     cut = []
     for seq in out:
@@ -154,3 +155,11 @@ def test_moe_and_int8_decode_as_the_same_pipeline_without_cache(tmp_path):
         for _ in range(16):
             sequence.append(int(full(input_ids=torch.tensor([sequence]))["logits"][0, -1].argmax()))
         assert tokens == sequence[len(prompt):]
+
+
+def test_triton_target_decodes_the_same(tmp_path):
+    """--target triton (under TRITON_INTERPRET=1 here): the same with-past graph, the same ids as eager."""
+    model, examples = zoo.build("llama")
+    c = t2c.compile(model, examples, target="triton", out=str(tmp_path), with_past=True)
+    prompts = [[5, 17, 42, 7], [1, 2]]
+    assert c.ok and c.generate(prompts, 8, eos_token_id=None) == _eager_generate(model, prompts, None, 8)
