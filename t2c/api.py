@@ -13,6 +13,7 @@ from .backends import DEFAULT_TARGET, Runner, get_backend
 from .errors import UserError
 from .frontends.loaders import LoadedModel, default_dynamic_dims, name_examples
 from .ir import Graph, SymDim, parse_graph
+from .ir.core import eval_dim
 from .passes.manager import Pipeline
 
 
@@ -37,8 +38,30 @@ class CompiledModel:
         names = [v.name for v in self.graph.inputs]
         positional = graph_inputs(self.graph, dict(zip(names, args)))
         args = tuple(positional.get(n, a) for n, a in zip(names, args)) + args[len(names):]
-        self._check_constraints({**dict(zip(names, args)), **kwargs})
+        given = {**dict(zip(names, args)), **kwargs}
+        self._check_constraints(given)
+        self._check_derived_dims(given)
         return self.runner(*args, **graph_inputs(self.graph, kwargs))
+
+    def _check_derived_dims(self, inputs: Mapping[str, Any]) -> None:
+        """Refuse an input whose dim the graph derives from others (`attention_mask` [batch, past+seq]
+        of a with-past artifact) at another size: the runtime would index past its end or ignore the rest."""
+        bindings: dict[str, int] = {}
+        derived = []
+        for v in self.graph.inputs:
+            shape = getattr(inputs.get(v.name), "shape", None)
+            if shape is None or len(shape) != v.type.rank:
+                continue
+            for axis, (d, n) in enumerate(zip(v.type.shape, shape)):
+                if isinstance(d, SymDim) and d.expr in d.symbols:
+                    bindings.setdefault(d.expr, int(n))
+                elif isinstance(d, SymDim):
+                    derived.append((v.name, axis, d, int(n)))
+        for name, axis, d, n in derived:
+            if d.symbols <= set(bindings):
+                want = eval_dim(d, bindings)
+                if want != n:
+                    raise UserError(f"input {name} has {n} along axis {axis}; the compiled model takes {d} = {want} there")
 
     def _check_constraints(self, inputs: Mapping[str, Any]) -> None:
         """Refuse inputs that break the graph's constraints (`seq % 4 == 0`, `seq <= 2048`) with a plain message.

@@ -71,3 +71,18 @@ def test_label_expr_is_a_sum_of_labels():
     assert str(label_expr("past+seq")) == "past + seq"
     with pytest.raises(UserError, match="names joined by"):
         label_expr("past*seq")
+
+
+def test_a_mask_of_the_wrong_length_is_refused(folders):
+    """attention_mask is [batch, past+seq]: another length is a one-line UserError, not a runtime crash."""
+    import torch
+
+    from t2c import load
+
+    root, _ = folders
+    c = load(str(root / "past"))
+    past = {f"past_{kv}_{i}": torch.zeros(1, 2, 3, 16) for i in range(2) for kv in ("key", "value")}
+    ids, positions = torch.tensor([[5, 6]]), torch.tensor([[3, 4]])
+    assert c(input_ids=ids, attention_mask=torch.ones(1, 5, dtype=torch.long), position_ids=positions, **past)["logits"].shape == (1, 2, 128)
+    with pytest.raises(UserError, match=r"attention_mask has 4 along axis 1; the compiled model takes past\+seq = 5"):
+        c(input_ids=ids, attention_mask=torch.ones(1, 4, dtype=torch.long), position_ids=positions, **past)
