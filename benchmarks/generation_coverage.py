@@ -31,7 +31,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CONFIGS = os.path.join(os.path.dirname(ROOT), "shared", "hf-test-configs")
+CONFIGS = os.path.join(ROOT, "tests", "data", "hf-test-configs")  # the repo's copy of ../shared/hf-test-configs
 PROMPTS = [[5, 17, 42, 7, 9], [3, 1, 4]]
 sys.path.insert(0, HERE)
 from _results import header, write  # noqa: E402  (benchmarks/_results.py)

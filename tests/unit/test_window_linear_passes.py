@@ -190,7 +190,7 @@ def test_option_aliases_are_general():
 def test_window_attrs(pipeline, before, after):
     g, record = run(pipeline, attention_graph(before))
     assert attrs_of(g, "attention") == [after]
-    assert record.stats == {"windowed": 1, "already_windowed": 0, "attention_nodes": 1}
+    assert record.stats == {"windowed": 1, "already_windowed": 0, "attention_nodes": 1, "kv_cache": 0}
     assert record.changed
 
 
@@ -212,7 +212,7 @@ def test_window_already_there_leaves_the_node(pipeline, attrs):
     text = print_graph(g)
     g, record = run(pipeline, g)
     assert g.nodes[0] is node and print_graph(g) == text
-    assert record.stats == {"windowed": 0, "already_windowed": 1, "attention_nodes": 1}
+    assert record.stats == {"windowed": 0, "already_windowed": 1, "attention_nodes": 1, "kv_cache": 0}
     assert not record.changed
 
 
@@ -225,7 +225,7 @@ def test_window_stats_over_several_nodes_and_masks():
         mask=True,
     )
     g, record = run("window{size=4}", g)
-    assert record.stats == {"windowed": 2, "already_windowed": 2, "attention_nodes": 4}
+    assert record.stats == {"windowed": 2, "already_windowed": 2, "attention_nodes": 4, "kv_cache": 0}
     assert [a.window for a in attrs_of(g, "attention")] == [(3, -1), (3, -1), (3, 3), (1, 1)]
     assert all(len(n.inputs) == 4 for n in g.nodes if n.op == "attention")  # the mask stays
 
@@ -235,7 +235,7 @@ def test_window_without_attention():
     x = g.add_input("x", TensorType(DType.F32, (2, 8)))
     g.set_output("y", g.add_node("relu", [x]).output)
     g, record = run("window{size=4}", g)
-    assert record.stats == {"windowed": 0, "already_windowed": 0, "attention_nodes": 0}
+    assert record.stats == {"windowed": 0, "already_windowed": 0, "attention_nodes": 0, "kv_cache": 0}
     assert not record.changed
 
 
