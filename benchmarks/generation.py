@@ -1,8 +1,10 @@
 """Decoding speed and cache memory by context length: t2c's with-past ONNX against eager transformers.
 
-Two causal LMs of one size (random weights, seed 0; hidden 256, 4 heads sharing 2 KV heads, 2
-layers, vocab 1000 by default): Llama (full attention) and Mistral (every layer a sliding window of
---window, so t2c's cache rolls). Each is compiled once with `t2c.compile(..., with_past=True)`.
+Causal LMs of one size (random weights, seed 0; hidden 256, 4 heads sharing 2 KV heads, 2
+layers, vocab 1000 by default): Llama (full attention), Mistral (every layer a sliding window of
+--window, so t2c's cache rolls) and `linear`, the same Llama compiled with
+`-O1,linear-attention`, which decodes from a state of constant size (passes/linear_state.py).
+Each is compiled once with `t2c.compile(..., with_past=True)`.
 For each context length C, in the same run (each library with its default threads):
 
   t2c     the ONNX artifact on ONNX Runtime (CPU): the prompt of C tokens in one call, then
@@ -14,12 +16,12 @@ For each context length C, in the same run (each library with its default thread
 It reports the median milliseconds per decoded token, tokens per second, the prefill time, and the
 cache's bytes after the last step (the sum of the present tensors; for eager, its cache's
 tensors), and the ratios torch.onnx / t2c and eager / t2c of the decode time. Windowed decode should keep its cache
-flat in C; full attention grows linearly. Writes benchmarks/results/generation-<host>-<date>.json.
+flat in C; linear attention its cache and its time per token; full attention grows linearly in
+both. `linear` has no torch.onnx column (the exporter has no linear attention: it would export
+softmax attention, another function) and its eager column is the softmax Llama it came from.
+Writes benchmarks/results/generation-<host>-<date>.json.
 
-    .venv/bin/python benchmarks/generation.py [--contexts 512,1024,2048,4096,8192] [--steps 16] [--window 256]
-
-Not measured yet (issue 16): linear-attention decode (t2c cannot carry that rewrite into the
-cache yet).
+    .venv/bin/python benchmarks/generation.py [--contexts 512,1024,2048,4096,8192] [--steps 16] [--window 256] [--models llama,mistral,linear]
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def build(family: str, hidden: int, layers: int, window: int, max_positions: int
                   num_key_value_heads=max(hidden // 128, 1), intermediate_size=hidden * 4, vocab_size=1000,
                   max_position_embeddings=max_positions)
     torch.manual_seed(0)
-    if family == "llama":
+    if family in ("llama", "linear"):
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
     else:
         model = transformers.MistralForCausalLM(transformers.MistralConfig(**common, sliding_window=window))
@@ -80,14 +82,14 @@ def onnx_anchor(model, out: str):
     return run
 
 
-def onnx_decode(run, interface: dict, prompt, steps: int) -> dict:
-    """Prompt in one call, then `steps` single tokens through `run` (a with-past artifact's interface)."""
+def onnx_decode(run, graph, interface: dict, prompt, steps: int) -> dict:
+    """Prompt in one call, then `steps` single tokens through `run` (an artifact with the cache interface of `graph`)."""
     import torch
 
     from t2c.generate import empty_cache, next_mask
 
     batch, length = prompt.shape
-    past = empty_cache(interface, batch)
+    past = empty_cache(graph, batch)
     mask = torch.ones(batch, length, dtype=torch.long)
     positions = torch.arange(length)[None].expand(batch, length)
     ids, times = prompt, []
@@ -95,9 +97,9 @@ def onnx_decode(run, interface: dict, prompt, steps: int) -> dict:
         start = time.perf_counter()
         out = run(input_ids=ids, attention_mask=mask, position_ids=positions, **past)
         times.append(time.perf_counter() - start)
-        past = {f"past_{kv}_{i}": out[f"present_{kv}_{i}"] for i in range(interface["layers"]) for kv in ("key", "value")}
+        past = {name: out["present" + name[len("past"):]] for name in past}
         ids = out["logits"][:, -1].argmax(-1)[:, None]
-        mask = next_mask(mask, past["past_key_0"].shape[2])
+        mask = next_mask(mask, interface["rolling"] or mask.shape[1])
         positions = positions[:, -1:] + 1
     return {"prefill_s": times[0], "decode_ms": 1000 * statistics.median(times[1:]),
             "cache_bytes": sum(t.numel() * t.element_size() for t in past.values())}
@@ -130,7 +132,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--models", default="llama,mistral")
+    parser.add_argument("--models", default="llama,mistral,linear")
     parser.add_argument("--no-anchor", action="store_true", help="skip torch.onnx.export's with-past export")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
@@ -146,20 +148,21 @@ def main() -> None:
         ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            compiled = t2c.compile(model, {"input_ids": ids}, out=out, with_past=True)
+            passes = "-O1,linear-attention" if family == "linear" else "-O1"
+            compiled = t2c.compile(model, {"input_ids": ids}, passes=passes, out=out, with_past=True)
             compile_s = time.perf_counter() - start
             interface = compiled.report["with_past"]
-            anchor = None if args.no_anchor else onnx_anchor(model, out)
+            anchor = None if args.no_anchor or family == "linear" else onnx_anchor(model, out)
             rows[family] = []
             warm = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(1))
             for run in (compiled, anchor):  # first calls pay one-time setup
                 if run is not None:
-                    onnx_decode(run, interface, warm, 2)
+                    onnx_decode(run, compiled.graph, interface, warm, 2)
             eager_decode(model, warm, 2)
             for context in contexts:
                 prompt = torch.randint(0, 1000, (1, context), generator=torch.Generator().manual_seed(context))
-                ours, eager = onnx_decode(compiled, interface, prompt, args.steps), eager_decode(model, prompt, args.steps)
-                theirs = onnx_decode(anchor, interface, prompt, args.steps) if anchor is not None else None
+                ours, eager = onnx_decode(compiled, compiled.graph, interface, prompt, args.steps), eager_decode(model, prompt, args.steps)
+                theirs = onnx_decode(anchor, compiled.graph, interface, prompt, args.steps) if anchor is not None else None
                 row = {"context": context, "t2c": ours, "eager": eager, "torch_onnx": theirs,
                        "eager_over_t2c": eager["decode_ms"] / ours["decode_ms"],
                        "torch_onnx_over_t2c": theirs["decode_ms"] / ours["decode_ms"] if theirs else None,

@@ -37,6 +37,7 @@ from .passes.calibration import Calibration, calibrating, load_calibration
 from .passes.manager import Pipeline
 from .precision import Precision, choose as choose_precision, graph_inputs, inputs_in, module_in
 from .precision import NAMES as _DTYPE_NAMES
+from .ir.states import adapt_references
 from .validate import HALF_DTYPES, DriftBar, OutputComparison, compare_all, judge_half_by_fp32, noisy_artifact, page_out_mapped, second_shape_candidates, shape_label, worst
 
 @dataclass
@@ -197,6 +198,9 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
         ir_runs = _ir_runs(graph, shapes) if options.validate else None
     if calibration.notes:
         report.setdefault("warnings", []).extend(calibration.notes)
+    if graph.states and "with_past" in report:  # layers whose KV cache a decode state replaced
+        report["with_past"] = {**report["with_past"], "states": {n: [str(d) for d in v.type.shape] for v in graph.inputs
+                                                               for n in [v.name] if n in graph.states}}
     report["op_counts"]["final"] = graph.op_counts()
     report["node_count"]["final"] = len(graph.nodes)
     report["fusion"] = fusion_report(graph)
@@ -249,13 +253,18 @@ def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: 
     def exact(i: int) -> bool:
         return i >= len(passes) or type(passes[i]).exact
 
-    def compared(k: int, now, want) -> list[dict]:
+    def compared(k: int, g: Graph, now, want) -> list[dict]:
         # A half-precision output the tolerance refuses: FlashAttention's rule against the traced IR
         # run in float32 (checked against eager before any pass), as for the artifact.
+        if g.states:  # a decode state replaced a KV cache: the references' cache outputs as that state
+            want = adapt_references(g, shapes[k], want)
         comparisons = compare_all(now, want)
         if any(not c.ok and want[c.name].dtype in HALF_DTYPES for c in comparisons) and k not in fp32_runs:
             fp32_runs[k] = run_graph(traced_graph, graph_inputs(traced_graph, shapes[k]), upcast=True)
-        return [c.as_json() for c in _half_judged(comparisons, now, want, fp32_runs.get(k))]
+        fp32 = fp32_runs.get(k)
+        if fp32 is not None and g.states:
+            fp32 = adapt_references(g, shapes[k], fp32)
+        return [c.as_json() for c in _half_judged(comparisons, now, want, fp32)]
 
     def measure(i: int, g: Graph, entry: dict, before, layers_before):
         """Compare the IR after pass i with eager and with `before`; (outputs, layer results)."""
@@ -264,9 +273,9 @@ def _run_passes(graph: Graph, options: CompileOptions, shapes, eager, progress: 
             entry["bar"] = options.drift_bar(passes[i]).as_json()
             entry["layers"] = layer_drift(layers_before, layers_after, ops)
             entry["worst_layers"] = worst_layers(entry["layers"])
-        entry["vs_eager"] = [{"shape": shape_label(inp), "outputs": compared(k, now, want)}
+        entry["vs_eager"] = [{"shape": shape_label(inp), "outputs": compared(k, g, now, want)}
                              for k, (inp, now, want) in enumerate(zip(shapes, current, eager))]
-        entry["vs_previous"] = [{"shape": shape_label(inp), "outputs": compared(k, now, b)}
+        entry["vs_previous"] = [{"shape": shape_label(inp), "outputs": compared(k, g, now, b)}
                                 for k, (inp, now, b) in enumerate(zip(shapes, current, before))]
         return current, layers_after
 
@@ -393,7 +402,7 @@ def _validate_artifact(runner, graph: Graph, shapes, options: CompileOptions, pa
         result["vs_eager_dtypes"] = [
             {"reference": f"eager {dtype_name(dtype)}" + (" (the checkpoint)" if dtype == str(precision.checkpoint) else ""),
              "dtype": dtype_name(dtype), "primary": dtype == str(precision.primary),
-             "checks": [{"shape": shape_label(inp), "outputs": [c.as_json() for c in compare_all(got, want)]}
+             "checks": [{"shape": shape_label(inp), "outputs": [c.as_json() for c in compare_all(got, adapt_references(graph, inp, want))]}
                         for inp, got, want in zip(shapes, artifact_outputs, outs)]}
             for dtype, outs in references.items()
         ]

@@ -59,7 +59,7 @@ def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: 
     ids = torch.tensor([[pad] * (longest - len(s)) + s for s in sequences], dtype=torch.long)
     mask = torch.tensor([[0] * (longest - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    past = empty_cache(interface, batch, {v.name: v.type.dtype.torch for v in compiled.graph.inputs})
+    past = empty_cache(compiled.graph, batch)
 
     out: list[list[int]] = [[] for _ in sequences]
     done = [False] * batch
@@ -72,9 +72,9 @@ def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: 
                 done[b] = token in eos
         if all(done):
             break
-        past = {f"past_{kv}_{i}": result[f"present_{kv}_{i}"] for i in range(interface["layers"]) for kv in ("key", "value")}
+        past = {name: result["present" + name[len("past"):]] for name in past}
         ids = torch.where(torch.tensor(done), pad, chosen)[:, None]
-        mask = next_mask(mask, past["past_key_0"].shape[2])
+        mask = next_mask(mask, interface.get("rolling") or mask.shape[1])
         positions = positions[:, -1:] + 1
     return out[0] if single else out
 
@@ -86,14 +86,16 @@ def _vocab(compiled: Any) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def empty_cache(interface: dict, batch: int, dtypes: dict[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
-    """past_* inputs of length 0 (the prompt's step), in the dtypes the artifact takes (float32 if not given)."""
+def empty_cache(graph: Any, batch: int) -> dict[str, torch.Tensor]:
+    """The `past_*` inputs of the prompt's step: KV caches of length 0, decode states of zeros
+    (passes/linear_state.py), in the dtypes the graph takes."""
     past = {}
-    for i, layer in enumerate(interface["cache"]):
-        for kv in ("key", "value"):
-            name = f"past_{kv}_{i}"
-            heads, dim = layer[kv]
-            past[name] = torch.zeros(batch, heads, 0, dim, dtype=(dtypes or {}).get(name, torch.float32))
+    for v in graph.inputs:
+        if v.name.startswith("past_"):
+            shape = [batch if str(d) == "batch" else 0 if str(d) == "past" else d for d in v.type.shape]
+            if not all(isinstance(d, int) for d in shape):
+                raise UserError(f"cannot size the empty cache input {v.name} {v.type}; {COMPILE_HINT}")
+            past[v.name] = torch.zeros(shape, dtype=v.type.dtype.torch)
     return past
 
 

@@ -128,7 +128,12 @@ def inputs_in(inputs: dict[str, torch.Tensor], dtype: DType | None) -> dict[str,
 
 
 def graph_inputs(graph: Graph, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Float inputs cast to the dtypes the graph's inputs declare (cast-precision may have changed them)."""
+    """Float inputs cast to the dtypes the graph's inputs declare (cast-precision may have changed them);
+    state inputs built from the KV-cache inputs they replace (passes/linear_state.py)."""
+    if graph.states:
+        from .ir.states import state_inputs
+
+        inputs = state_inputs(graph, inputs)
     declared = {v.name: v.type.dtype for v in graph.inputs}
     out = {}
     for k, v in inputs.items():

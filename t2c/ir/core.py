@@ -78,6 +78,28 @@ _TO_TORCH = {
 _FROM_TORCH = {v: k for k, v in _TO_TORCH.items()}
 
 
+def solve_dims(sizes: Iterable[tuple[Dim, int]], bindings: dict[str, int]) -> dict[str, int]:
+    """`bindings` with every symbol that some dim `sym + known` (a unit coefficient) determines:
+    `past` from an attention_mask of `past+seq` once seq is bound, when no input has `past`
+    alone (a decode state replaced the KV cache that had it). Bare dims are bound by the caller."""
+    pending = [(d, n) for d, n in sizes if isinstance(d, SymDim)]
+    progress = True
+    while progress:
+        progress = False
+        for d, n in pending:
+            unknown = d.symbols - set(bindings)
+            if len(unknown) != 1:
+                continue
+            (name,) = unknown
+            e, s = d.sympy, sym_symbol(name)
+            rest = e - s
+            if s in rest.free_symbols or e.coeff(s) != 1:
+                continue
+            bindings[name] = int(n) - int(rest.subs({sym_symbol(k): v for k, v in bindings.items()}))
+            progress = True
+    return bindings
+
+
 @functools.lru_cache(maxsize=4096)
 def _sympify(expr: str) -> sympy.Expr:
     names = {s: sym_symbol(s) for s in _identifiers(expr)}
@@ -387,6 +409,11 @@ class Graph:
     # Upper bounds, symbol -> largest size: {"seq": 2048} is `seq <= 2048` (a table of 2048
     # positions that the trace sliced with `Max(0, 2048 - seq)`, decided as `2048 - seq`).
     bounds: dict[str, int] = field(default_factory=dict)
+    # Inputs that stand for a state the model itself keeps in another form, input name -> how
+    # to build it from that form (ir/states.py): a linear-attention decode state replaces a KV
+    # cache (passes/linear_state.py). Validation builds them from inputs in the model's own
+    # form (precision.graph_inputs), so the graph stays comparable with eager.
+    states: dict[str, dict] = field(default_factory=dict)
 
     # -- construction -------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:

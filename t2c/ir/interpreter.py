@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import UserError, VerifyError
-from .core import Graph, SymDim, Value, eval_dim
+from .core import Graph, SymDim, Value, eval_dim, solve_dims
 from .ops import EvalContext, get_op
 
 
@@ -28,6 +28,7 @@ def bind_dims(graph: Graph, inputs: Sequence[torch.Tensor]) -> dict[str, int]:
             if isinstance(d, SymDim) and len(d.symbols) == 1 and d.expr == next(iter(d.symbols)):
                 if bindings.setdefault(d.expr, size) != size:
                     raise UserError(f"dim {d.expr} is {bindings[d.expr]} in one input and {size} in {v.name!r}")
+    solve_dims(((d, size) for v, t in zip(graph.inputs, inputs) for d, size in zip(v.type.shape, t.shape)), bindings)
     for v, t in zip(graph.inputs, inputs):
         want = v.type.concrete_shape(bindings)
         if tuple(t.shape) != want:

@@ -181,6 +181,11 @@ def parse_graph(text: str) -> Graph:
                     g.bounds[b.group(1)] = int(b.group(2))
                 else:
                     raise ValueError("expected: constraint SYMBOL % N == 0, or constraint SYMBOL <= N")
+            elif line.startswith("state "):
+                m = re.fullmatch(r'state (".*?") (\{.*\})', line)
+                if not m:
+                    raise ValueError('expected: state "input name" {json}')
+                g.states[json.loads(m.group(1))] = json.loads(m.group(2))
             elif line.startswith("param "):
                 m = re.fullmatch(r"param (@[A-Za-z0-9_.\-]+) : (.+)", line)
                 if not m:
@@ -194,7 +199,7 @@ def parse_graph(text: str) -> Graph:
             elif line.startswith("%"):
                 _parse_node(g, env, line)
             else:
-                raise ValueError("expected graph, input, constraint, param, output or a node")
+                raise ValueError("expected graph, input, constraint, state, param, output or a node")
         except IRParseError:
             raise
         except (ValueError, KeyError, TypeError, VerifyError) as e:

@@ -88,6 +88,7 @@ def print_graph(graph: Graph, *, comments: bool = False) -> str:
     for v in graph.inputs:
         lines.append(f"input {name(v)} {json.dumps(v.name)} : {v.type}")
     lines.extend(f"constraint {c}" for c in graph.constraint_lines())
+    lines.extend(f"state {json.dumps(n)} {json.dumps(spec, sort_keys=True)}" for n, spec in graph.states.items())
     for pname, v in graph.param_values.items():
         lines.append(f"param @{pname} : {v.type}")
     last_scope = None

@@ -9,7 +9,9 @@ from ..ir.core import Graph
 from ..ir.opdefs.attention import FEATURE_MAPS, LinearAttentionAttrs, attention_operands
 from ..ir.opdefs.rope import RopeAttrs
 from .manager import Pass, PassResult, register_pass
-from .rewrite import Match, RewriteContext, RewriteRule, apply_rules
+from ..ir.printer import Namer, format_node
+from .linear_state import linearize_over_cache, match_cache_attention, over_cache
+from .rewrite import Match, RewriteContext, RewriteRule, Rewriter, apply_rules, near_misses_wanted, report_near_miss
 
 CAUSAL_CHOICES = ("auto", "true", "false")
 
@@ -29,13 +31,11 @@ class LinearizeAttention(RewriteRule):
 
     def check(self, match: Match, ctx: RewriteContext) -> str | None:
         node, a = match.root, match.root.attrs
+        if over_cache(ctx.graph, node):
+            return "attends over a KV cache (see the cache rule's near-miss)"
         if attention_operands(node.inputs, a)[3] is not None:
             return "has a mask operand, which linear attention cannot apply"
-        if a.window != (-1, -1) or a.block > 0 or a.global_tokens > 0:
-            return "has a window, block or global-token structure, which linear attention cannot apply"
-        if a.softcap > 0:
-            return "uses logit soft-capping, which has no linear form"
-        return None
+        return _structure_miss(a)
 
     def rewrite(self, match: Match, ctx: RewriteContext) -> None:
         rewriter = ctx.rewriter
@@ -50,6 +50,25 @@ class LinearizeAttention(RewriteRule):
             k = rewriter.insert("rope", [k, cos, sin], rope, before=node).outputs[0]
         new = rewriter.insert("linear_attention", [q, k, v], attrs, before=node, output_types=[v.type for v in node.outputs])
         rewriter.replace_node(node, new.outputs)
+
+
+def _structure_miss(a) -> str | None:
+    if a.window != (-1, -1) or a.block > 0 or a.global_tokens > 0:
+        return "has a window, block or global-token structure, which linear attention cannot apply"
+    if a.softcap > 0:
+        return "uses logit soft-capping, which has no linear form"
+    return None
+
+
+def _cache_miss(graph: Graph, node, causal: str):
+    """The cache structure of an attention over a KV cache, or why it cannot become a decode state."""
+    a = node.attrs
+    why = _structure_miss(a)
+    if why is None and a.rope != "none":
+        why = "rotates q and k inside the attention, which a cache never does (keys are cached rotated)"
+    if why is None and causal == "false":
+        why = "decodes from a cache, which is causal; causal=false cannot apply"
+    return why or match_cache_attention(graph, node)
 
 
 @register_pass("linear-attention")
@@ -68,8 +87,13 @@ class LinearAttention(Pass):
     on purpose; the compile report measures by how much. Runs after lift-attention,
     which produces the `attention` nodes this pass rewrites.
 
+    Over a KV cache (`--with-past`: keys past + seq, queries seq, the cache a graph input and
+    output) the attention becomes a step of the recurrent form instead: the cache inputs and
+    outputs of that layer become one state [batch, kv_heads, D, Dv+1], O(1) in the context
+    (passes/linear_state.py). Its mask must be a boolean causal and key-padding mask.
+
     Options: feature (elu1), causal (auto | true | false).
-    Stats: linearized, skipped.
+    Stats: linearized, kv_cache (attentions over a cache turned into a decode state), skipped.
     """
 
     feature: str = "elu1"
@@ -89,6 +113,16 @@ class LinearAttention(Pass):
             )
 
     def run(self, graph: Graph) -> PassResult:
+        rw, states = Rewriter(graph), 0
+        for node in [n for n in graph.nodes if n.op == "attention" and over_cache(graph, n)]:
+            m = _cache_miss(graph, node, self.causal)
+            if isinstance(m, str):
+                if near_misses_wanted():
+                    report_near_miss(f"linear-attention: {format_node(node, Namer(graph))}: attends over a KV cache and {m}")
+                continue
+            linearize_over_cache(graph, rw, m, self.feature)
+            states += 1
         stats = apply_rules(graph, [LinearizeAttention(self.feature, self.causal)])
         skipped = sum(1 for n in graph.nodes if n.op == "attention")
-        return PassResult(graph, stats["linearized"] > 0, {"linearized": stats["linearized"], "skipped": skipped})
+        changed = stats["linearized"] + states > 0
+        return PassResult(graph, changed, {"linearized": stats["linearized"], "kv_cache": states, "skipped": skipped})

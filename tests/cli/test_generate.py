@@ -86,3 +86,22 @@ def test_a_mask_of_the_wrong_length_is_refused(folders):
     assert c(input_ids=ids, attention_mask=torch.ones(1, 5, dtype=torch.long), position_ids=positions, **past)["logits"].shape == (1, 2, 128)
     with pytest.raises(UserError, match=r"attention_mask has 4 along axis 1; the compiled model takes past\+seq = 5"):
         c(input_ids=ids, attention_mask=torch.ones(1, 4, dtype=torch.long), position_ids=positions, **past)
+
+
+def test_linear_attention_state_from_the_command_line(folders, capsys):
+    """`t2c compile --with-past --passes -O1,linear-attention`, then `t2c generate` on it: the folder's
+    model.t2c keeps the state lines, its report names the states, and the ids match the Python API."""
+    root, model = folders
+    out = root / "linear"
+    assert main(["compile", str(root / "llama"), "--with-past", "--passes", "-O1,linear-attention", "-o", str(out)]) == 0
+    capsys.readouterr()
+    code, printed, err = run(capsys, "generate", str(out), "--prompt-ids", "5,17,42", "--max-new-tokens", "5", "--eos-id", "none")
+    assert code == 0, err
+    from t2c import load
+
+    loaded = load(str(out))
+    assert list(map(int, printed.split())) == loaded.generate([5, 17, 42], 5, eos_token_id=None)
+    states = json.loads((out / "report.json").read_text())["with_past"]["states"]
+    heads, dim = model.config.num_key_value_heads, model.config.hidden_size // model.config.num_attention_heads
+    assert states == {f"past_state_{i}": ["batch", str(heads), str(dim), str(dim + 1)] for i in range(model.config.num_hidden_layers)}
+    assert 'state "past_state_0"' in (out / "model.t2c").read_text()

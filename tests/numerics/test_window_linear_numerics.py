@@ -189,5 +189,5 @@ def test_linear_attention_leaves_a_windowed_model_alone():
     q, k, v = qkv(37, seed=6)
     want = interpret(before, q, k, v)
     after, records = Pipeline.parse("linear-attention").run(before, verify_each=True)
-    assert records[0].stats == {"linearized": 0, "skipped": 1}
+    assert records[0].stats == {"linearized": 0, "kv_cache": 0, "skipped": 1}
     assert torch.equal(interpret(after, q, k, v), want)

@@ -163,3 +163,47 @@ def test_triton_target_decodes_the_same(tmp_path):
     c = t2c.compile(model, examples, target="triton", out=str(tmp_path), with_past=True)
     prompts = [[5, 17, 42, 7], [1, 2]]
     assert c.ok and c.generate(prompts, 8, eos_token_id=None) == _eager_generate(model, prompts, None, 8)
+
+
+LINEAR = "-O1,linear-attention"
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_linear_attention_decodes_from_a_state_of_constant_size(name, tmp_path):
+    """`-O1,linear-attention` with --with-past: every layer's KV cache becomes one state
+    [batch, kv_heads, D, Dv+1] (passes/linear_state.py), the same size at every step, and greedy
+    decoding from it equals recomputing the whole sequence through the same pipeline without a
+    cache, at batch 3 with left-padded prompts. A model whose own cache rolls (a sliding window)
+    keeps its KV cache: a state would sum the keys the window forgets (a near-miss)."""
+    model, examples = zoo.build(name)
+    past = t2c.compile(model, examples, passes=LINEAR, out=str(tmp_path / "past"), with_past=True)
+    layers = model.config.num_hidden_layers
+    stats = next(p for p in past.report["passes"] if p["pass"] == "linear-attention")["stats"]
+    if past.report["with_past"]["rolling"]:
+        assert stats["kv_cache"] == 0 and "present_key_0" in dict(past.graph.outputs)
+        return
+    assert stats["kv_cache"] == layers and past.ok
+    states = [v for v in past.graph.inputs if v.name.startswith("past_")]
+    assert [v.name for v in states] == [f"past_state_{i}" for i in range(layers)]
+    assert all(str(d) != "past" for v in states for d in v.type.shape)  # no dim grows with the context
+    assert [n for n, _ in past.graph.outputs] == ["logits", *[f"present_state_{i}" for i in range(layers)]]
+    full = t2c.compile(model, examples, passes=LINEAR, out=str(tmp_path / "full"))
+    tokens = 12
+    for prompt, got in zip(PROMPTS, past.generate(PROMPTS, tokens, eos_token_id=None)):
+        sequence = list(prompt)
+        for _ in range(tokens):
+            sequence.append(int(full(input_ids=torch.tensor([sequence]))["logits"][0, -1].argmax()))
+        assert got == sequence[len(prompt):]
+
+
+def test_linear_attention_state_on_the_ort_flavor_and_triton(tmp_path):
+    """The state form on the ort flavor and on --target triton (TRITON_INTERPRET=1 here): validated,
+    and the ids of the standard ONNX artifact."""
+    model, examples = zoo.build("llama")
+    prompts = [[5, 17, 42, 7], [1, 2]]
+    want = t2c.compile(model, examples, passes=LINEAR, out=str(tmp_path / "onnx"), with_past=True).generate(prompts, 8, eos_token_id=None)
+    for target, flavor in (("onnx", "ort"), ("triton", None)):
+        c = t2c.compile(model, examples, passes=LINEAR, target=target, out=str(tmp_path / target), with_past=True,
+                        **({"flavor": flavor} if flavor else {}))
+        assert c.ok and "past_state_0" in {v.name for v in c.graph.inputs}
+        assert c.generate(prompts, 8, eos_token_id=None) == want

@@ -7,7 +7,7 @@ import torch
 
 from t2c.errors import IRParseError, UserError, VerifyError
 from t2c.ir import DType, Graph, SymDim, TensorType, all_ops, parse_graph, print_graph, run_graph, verify
-from t2c.ir.core import dim, dims_equal, eval_dim
+from t2c.ir.core import dim, dims_equal, eval_dim, solve_dims
 from t2c.ir.opdefs.creation import ArangeAttrs, FullAttrs
 from t2c.ir.opdefs.experts import ExpertsAttrs
 from t2c.ir.opdefs.pointwise import ClampAttrs
@@ -164,3 +164,31 @@ def test_every_op_documents_itself():
     ops = all_ops()
     assert {"linear", "sdpa", "experts", "layer_norm", "rms_norm", "embedding", "softmax", "gelu", "silu"} <= set(ops)
     assert all(op.doc for op in ops.values())
+
+
+def test_a_symbol_no_input_has_alone_is_solved_from_a_sum():
+    """`past` of a decode-state graph lives only in `attention_mask` [batch, past+seq]: every runner
+    solves it from that sum once seq is bound (core.solve_dims); a coefficient other than 1 is not solved."""
+    g = parse_graph('''graph derived
+input %0 "input_ids" : i64[batch,seq]
+input %1 "attention_mask" : i64[batch,past+seq]
+%2 = arange() {start=past, end=past+seq, step=1, dtype=i64} : i64[seq]
+output "positions" = %2
+''')
+    out = run_graph(g, [torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 10, dtype=torch.long)])
+    assert out["positions"].tolist() == [7, 8, 9]
+    assert solve_dims([(SymDim("past+seq"), 10)], {"seq": 3}) == {"seq": 3, "past": 7}
+    assert solve_dims([(SymDim("2*past+seq"), 10)], {"seq": 3}) == {"seq": 3}
+
+
+def test_state_lines_round_trip():
+    text = '''graph states
+input %0 "past_state_0" : f32[batch,2,8,9]
+state "past_state_0" {"feature": "elu1", "keys": "past_key_0"}
+output "out" = %0
+'''
+    g = parse_graph(text)
+    assert g.states == {"past_state_0": {"feature": "elu1", "keys": "past_key_0"}}
+    assert print_graph(g) == text and g.copy().states == g.states
+    with pytest.raises(IRParseError, match="state"):
+        parse_graph(text.replace('{"feature"', '["feature"'))

@@ -257,7 +257,7 @@ def test_linear_attention_causality(pipeline, causal_in, causal_out):
     assert [n.op for n in g.nodes] == ["linear_attention"]
     assert g.nodes[0].attrs == LinearAttentionAttrs(feature="elu1", causal=causal_out, kv_heads=2)
     assert g.nodes[0].output.type == TensorType(DType.F32, (1, 4, 16, 8))
-    assert record.stats == {"linearized": 1, "skipped": 0}
+    assert record.stats == {"linearized": 1, "kv_cache": 0, "skipped": 0}
     assert record.changed
 
 
@@ -277,7 +277,7 @@ def test_linear_attention_skips_what_it_cannot_linearise():
     )
     with collect_near_misses() as misses:
         g, record = run("linear-attention", g)
-    assert record.stats == {"linearized": 2, "skipped": 4}
+    assert record.stats == {"linearized": 2, "kv_cache": 0, "skipped": 4}
     assert [n.op for n in g.nodes if "attention" in n.op] == ["linear_attention", "attention", "attention", "attention", "attention", "linear_attention"]
     assert len(misses) == 4
     assert all(m.startswith("linear-attention: ") for m in misses)
@@ -291,7 +291,7 @@ def test_linear_attention_skips_masked():
     with collect_near_misses() as misses:
         g, record = run("linear-attention", g)
     assert print_graph(g) == text
-    assert record.stats == {"linearized": 0, "skipped": 1}
+    assert record.stats == {"linearized": 0, "kv_cache": 0, "skipped": 1}
     assert not record.changed
     assert len(misses) == 1 and "mask operand" in misses[0]
 
@@ -299,4 +299,4 @@ def test_linear_attention_skips_masked():
 def test_window_then_linear_attention_linearises_nothing():
     g, records = Pipeline.parse("window{size=4},linear-attention").run(attention_graph(attn(causal=True)), verify_each=True)
     assert records[0].stats["windowed"] == 1
-    assert records[1].stats == {"linearized": 0, "skipped": 1}
+    assert records[1].stats == {"linearized": 0, "kv_cache": 0, "skipped": 1}

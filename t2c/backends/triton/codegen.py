@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...ir.core import Graph, Node, SymDim, Value
+from ...ir.core import Graph, Node, SymDim, Value, solve_dims
 from ...ir.ops import get_op
 from ...ir.printer import Namer, format_node
 from ...kernels.glue import helpers_source, kernel_source
@@ -39,7 +39,7 @@ TORCH_OPS = frozenset({
 _ELEMENTWISE_FAMILIES = ("t2c.ir.opdefs.pointwise", "t2c.ir.opdefs.reduction", "t2c.ir.opdefs.activation")
 # Names model.py defines or imports: an input named so would shadow them inside forward.
 _RESERVED = {"P", "dims", "ctx", "torch", "triton", "tl", "math", "F", "forward", "INPUTS", "OUTPUTS", "DEVICE",
-             "run_op", "require_device", "EvalContext", "flat_block", "row_block", "DType", "SymDim"}
+             "run_op", "require_device", "EvalContext", "flat_block", "row_block", "DType", "SymDim", "solve_dims"}
 _GENERATED_NAME = re.compile(r"^(v|A|A_|glue|input)\d+$|^_|Attrs")
 
 
@@ -189,19 +189,25 @@ def generate(graph: Graph) -> ModelSource:
             lines.append(f"dims[{sym!r}] = {name(node.outputs[index])}.shape[{axis}]")
         statements.append((lines, list(node.inputs), list(node.outputs)))
 
-    body = _forward_body(graph, inputs, statements, name)
+    body = _forward_body(graph, inputs, statements, name, imports)
     text = _module_text(graph, counts, imports, kernel_modules, attrs_lines, kernels, inputs, body)
     return ModelSource(text, dict(graph.params), counts)
 
 
-def _forward_body(graph: Graph, inputs: list[str], statements, name) -> list[str]:
+def _forward_body(graph: Graph, inputs: list[str], statements, name, imports: _Imports) -> list[str]:
     """forward's lines: bind the dynamic dims, the statements (each dead value deleted after its last use), return."""
     binds: dict[str, str] = {}
     for v, n in zip(graph.inputs, inputs):
         for axis, d in enumerate(v.type.shape):
             if isinstance(d, SymDim) and d.expr.isidentifier() and d.expr not in binds:
                 binds[d.expr] = f"{n}.shape[{axis}]"
-    lines = ["    dims = {" + ", ".join(f"{k!r}: {e}" for k, e in binds.items()) + "}", "    ctx = EvalContext(dims)"]
+    lines = ["    dims = {" + ", ".join(f"{k!r}: {e}" for k, e in binds.items()) + "}"]
+    # A symbol no input has alone (`past` once a decode state replaced the KV cache): from a sum.
+    derived = [f"({imports.name(SymDim)}({d.expr!r}), {n}.shape[{axis}])" for v, n in zip(graph.inputs, inputs)
+               for axis, d in enumerate(v.type.shape) if isinstance(d, SymDim) and not d.symbols <= set(binds)]
+    if derived:
+        lines.append(f"    {imports.name(solve_dims)}([{', '.join(derived)}], dims)")
+    lines.append("    ctx = EvalContext(dims)")
     keep = {id(v) for v in graph.output_values()}
     last: dict[int, int] = {}
     for i, (_, reads, writes) in enumerate(statements):
