@@ -13,7 +13,7 @@ medians. For S <= 2048 the kernel's output on one batch element is also checked
 against the IR reference (max abs error, recorded). A baseline that fails records
 its error instead of a time; cases past --budget-s are left out and listed.
 
-    .venv/bin/python benchmarks/gpu/attention.py [--budget-s 150] [--out benchmarks/results]
+    .venv/bin/python benchmarks/gpu/attention.py [--budget-s 110] [--out benchmarks/results]
     .venv/bin/python benchmarks/gpu/attention.py --smoke      # tiny sizes, CPU, TRITON_INTERPRET=1
 
 Prints a table and writes <out>/attention_gpu-<host>-<date>.json (with the device name).
@@ -145,7 +145,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"), help="folder for the JSON")
     ap.add_argument("--seqs", type=int, nargs="*", help="sequence lengths (default 1k..32k; smoke: 40)")
     ap.add_argument("--head-dims", type=int, nargs="*", help="head dims (default 64 128; smoke: 16 32)")
-    ap.add_argument("--budget-s", type=float, default=150.0, help="stop starting new cases after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=110.0, help="stop starting new cases after this many seconds")
     args = ap.parse_args()
     if args.smoke:  # must precede the first import of triton
         os.environ["TRITON_INTERPRET"] = "1"

@@ -9,7 +9,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${1:-benchmarks/results}
 TOTAL_S=450  # 8 minutes less the device checks and the kill grace
 # Seconds per script (their sum stays under TOTAL_S); a script not named here gets DEFAULT_S.
-declare -A LIMIT_S=([attention]=150 [norm]=60 [model_prefill]=80 [linear_attention]=55 [int8_gemm]=50 [moe]=55)
+declare -A LIMIT_S=([attention]=125 [norm]=60 [model_prefill]=80 [linear_attention]=55 [int8_gemm]=50 [moe]=55 [decode_attention]=25)
 DEFAULT_S=60
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \

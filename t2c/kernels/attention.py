@@ -33,6 +33,10 @@ next power of two, at least 16, with masked loads). Anything else (float64,
 mixed q/k/v dtypes, head dims over 256) raises
 NotImplementedError naming it, so a caller can fall back to the reference.
 
+A decode step over a KV cache (no structure, few query rows per KV head, more keys than
+queries) goes to the split-K kernel in decode_attention.py instead, which spreads the keys over
+programs.
+
 Runs on CUDA tensors (autotuned over GPU_CONFIGS), or on CPU tensors under
 TRITON_INTERPRET=1 with one 16x16 tile config; the interpreter cannot multiply
 bf16, so there bf16 dot operands go to fp32 first (exact, as the tensor cores'
@@ -485,6 +489,10 @@ def attention(*operands: torch.Tensor, attrs: AttentionAttrs) -> torch.Tensor:
     module docstring) so that a backend can fall back.
     """
     q, k, v, mask, cos, sin = attention_operands(operands, attrs)
+    from .decode_attention import applies, decode_attention  # imported late: it builds on this module
+
+    if applies(q, k, attrs) and _unsupported(q, k, v, cos) is None:  # a decode step over a KV cache
+        return decode_attention(q, k, v, mask, attrs)
     return _launch(q, k, v, mask, cos, sin, attrs)
 
 
