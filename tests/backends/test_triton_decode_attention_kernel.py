@@ -8,10 +8,6 @@ at most twice plain PyTorch's error in the same dtype against a float64 referenc
 routes such calls here, and calls with structure or more rows to the flash kernel.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -19,6 +15,7 @@ from t2c.ir.opdefs.attention import AttentionAttrs
 from t2c.kernels import decode_attention as decode
 from t2c.kernels.attention import attention
 
+from sm90 import run_for_sm90
 from test_triton_attention_kernel import _check
 
 FP32, FP16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -90,37 +87,21 @@ def test_attention_routes_only_decode_steps_here(monkeypatch):
     assert calls == [1, 1]  # 66 rows per KV head, and Sq == Sk (a prompt): the flash kernel
 
 
-# Both kernels compiled for an sm_90 (H100/H200) target without the interpreter, as the flash
-# kernel's test does: code the interpreter accepts but the GPU compiler refuses fails here.
+# Both kernels compiled for an sm_90 (H100/H200) target without a GPU (sm90.py says why).
 COMPILE_FOR_SM90 = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from t2c.kernels.decode_attention import _decode_combine, _decode_split
-
-def compile_for_sm90(fn, consts, pointers):
-    signature = {}
-    for name, param in zip(fn.arg_names, fn.params):
-        if param.is_constexpr:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = pointers.get(name, "*bf16")
-        else:
-            signature[name] = "fp32" if name in ("scale", "softcap") else "i32"
-    src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 2})
 
 split = compile_for_sm90(_decode_split, dict(GROUP=4, HEAD_D=128, HEAD_DV=128, BLOCK_M=16, BLOCK_N=64, BLOCK_D=128,
                                              BLOCK_DV=128, HAS_SOFTCAP=True, MASK_KIND=2, DOT_PRECISION="tf32", UPCAST=False),
-                         {"mask_ptr": "*u8", "acc_ptr": "*fp32", "ml_ptr": "*fp32"})
+                         {"mask_ptr": "*u8", "acc_ptr": "*fp32", "ml_ptr": "*fp32"}, num_warps=4, num_stages=2)
 assert "mma" in split.asm["ptx"], "no tensor-core instructions in the PTX"
-compile_for_sm90(_decode_combine, dict(GROUP=4, HEAD_DV=128, BLOCK_M=16, BLOCK_DV=128), {"acc_ptr": "*fp32", "ml_ptr": "*fp32"})
+compile_for_sm90(_decode_combine, dict(GROUP=4, HEAD_DV=128, BLOCK_M=16, BLOCK_DV=128), {"acc_ptr": "*fp32", "ml_ptr": "*fp32"},
+                 num_warps=4, num_stages=2)
 print("shared", split.metadata.shared)
 """
 
 
 def test_kernels_compile_for_sm90_without_a_gpu():
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], capture_output=True, text=True, env=env, timeout=300)
+    proc = run_for_sm90(COMPILE_FOR_SM90)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.split()[-1]) <= 227 * 1024
