@@ -99,7 +99,7 @@ def onnx_decode(run, graph, interface: dict, prompt, steps: int) -> dict:
         times.append(time.perf_counter() - start)
         past = {name: out["present" + name[len("past"):]] for name in past}
         ids = out["logits"][:, -1].argmax(-1)[:, None]
-        mask = next_mask(mask, interface["rolling"] or mask.shape[1])
+        mask = next_mask(mask, interface["rolling"], interface.get("sinks", 0))
         positions = positions[:, -1:] + 1
     return {"prefill_s": times[0], "decode_ms": 1000 * statistics.median(times[1:]),
             "cache_bytes": sum(t.numel() * t.element_size() for t in past.values())}

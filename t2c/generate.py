@@ -56,6 +56,9 @@ def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: 
     pad = interface.get("pad_token_id")
     pad = int(pad if isinstance(pad, int) else next(iter(eos), 0))
     batch, longest = len(sequences), max(len(s) for s in sequences)
+    sinks = interface.get("sinks", 0)
+    if longest < sinks:  # the cache keeps the prompt's first positions as the global tokens
+        raise UserError(f"this artifact keeps the first {sinks} positions as global tokens; give a prompt of at least {sinks} tokens")
     ids = torch.tensor([[pad] * (longest - len(s)) + s for s in sequences], dtype=torch.long)
     mask = torch.tensor([[0] * (longest - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -74,7 +77,7 @@ def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: 
             break
         past = {name: result["present" + name[len("past"):]] for name in past}
         ids = torch.where(torch.tensor(done), pad, chosen)[:, None]
-        mask = next_mask(mask, interface.get("rolling") or mask.shape[1])
+        mask = next_mask(mask, interface.get("rolling", 0), interface.get("sinks", 0))
         positions = positions[:, -1:] + 1
     return out[0] if single else out
 
@@ -99,11 +102,12 @@ def empty_cache(graph: Any, batch: int) -> dict[str, torch.Tensor]:
     return past
 
 
-def next_mask(mask: torch.Tensor, cached: int) -> torch.Tensor:
-    """The attention_mask of the next single-token step, over the `cached` positions returned and the new token.
+def next_mask(mask: torch.Tensor, rolling: int = 0, sinks: int = 0) -> torch.Tensor:
+    """The attention_mask of the next single-token step: over the cache the last step returned (the
+    last step's mask, rolled as its cache was: frontends/hf_past.cache_window) and the new token.
 
-    A rolling cache (a sliding window's) is the last W - 1 positions, zeros in front while fewer
-    were seen: the mask rolls alike, 0 on those zeros."""
-    batch = mask.shape[0]
-    return torch.cat([torch.zeros(batch, max(0, cached - mask.shape[1]), dtype=mask.dtype), mask,
-                      torch.ones(batch, 1, dtype=mask.dtype)], dim=1)[:, -(cached + 1):]
+    A rolling cache (a sliding window's) keeps the first `sinks` positions and the last `rolling`
+    others, zeros where fewer were seen: the mask rolls alike, 0 on those zeros."""
+    from .frontends.hf_past import cache_window
+
+    return torch.cat([cache_window(mask, 1, rolling, sinks), torch.ones(mask.shape[0], 1, dtype=mask.dtype)], dim=1)

@@ -24,7 +24,8 @@ were seen): a rolling cache, O(W) memory per layer however long the generation. 
 attention_mask then spans those W - 1 positions (0 on the zeros) and the new tokens (generate.py
 rolls it along), positions go on in position_ids, and
 the model's window mask, computed in the cache's own frame, sees what it saw before (relative
-distances are unchanged).
+distances are unchanged). t2c's `window{size=W,global=G}` rolls the cache the same way after
+keeping its first G positions for good (`cache_window`): the global keys of the frame.
 
 Models whose cache is not per-layer keys and values (state-space and hybrid layers, encoder-
 decoders' cross-attention caches) are refused with a one-line error.
@@ -57,11 +58,12 @@ def present_names(layers: int) -> list[str]:
 class WithPast(torch.nn.Module):
     """`model` called with a cache made of tensors; returns logits and the updated cache as tensors."""
 
-    def __init__(self, model: torch.nn.Module, layers: int, keep: int = 0):
+    def __init__(self, model: torch.nn.Module, layers: int, keep: int = 0, sinks: int = 0):
         super().__init__()
         self.model = model
         self.layers = layers
         self.keep = keep  # > 0: the cache rolls, the present keeps the last `keep` positions
+        self.sinks = sinks  # ... after the first `sinks` positions, which it keeps for good (global tokens)
 
     def forward(self, input_ids, attention_mask, position_ids, **past: torch.Tensor) -> dict[str, torch.Tensor]:
         from transformers import DynamicCache
@@ -73,22 +75,40 @@ class WithPast(torch.nn.Module):
                          past_key_values=cache, use_cache=True, return_dict=True)
         result = {"logits": out.logits}
         for i, layer in enumerate(out.past_key_values.layers):
-            keys, values = layer.keys, layer.values
-            if self.keep:  # the last window - 1 positions, as transformers' DynamicSlidingWindowLayer keeps
-                keys, values = _last(keys, self.keep), _last(values, self.keep)
-            result[f"present_key_{i}"] = keys
-            result[f"present_value_{i}"] = values
+            # a rolling cache: the last window - 1 positions, as transformers' DynamicSlidingWindowLayer keeps
+            result[f"present_key_{i}"] = cache_window(layer.keys, 2, self.keep, self.sinks)
+            result[f"present_value_{i}"] = cache_window(layer.values, 2, self.keep, self.sinks)
         return result
 
 
-def _last(x: torch.Tensor, keep: int) -> torch.Tensor:
-    """The last `keep` positions of x [B, H, S, D], zeros in front when S < keep: always `keep` long.
+def cache_window(x: torch.Tensor, dim: int, keep: int, sinks: int = 0) -> torch.Tensor:
+    """What a rolling cache keeps of x along `dim` (the frame: cache, then new tokens): the first
+    `sinks` positions, then the last `keep` of the others, zeros where fewer were seen; always
+    `sinks + keep` long (x itself when keep is 0). t2c/generate.py rolls attention_mask with it.
 
-    `x[:, :, -keep:]` traces as a slice of exactly `keep` from `S - keep` under the guard S >= keep
-    that torch.export assumes from its example, wrong for the shorter caches of the first steps; a
-    cache of fixed length with zero positions (masked out by generate.py) has no such case."""
-    pad = x.new_zeros(x.shape[0], x.shape[1], keep, x.shape[3])
-    return torch.cat([pad, x], dim=2)[:, :, x.shape[2]:]
+    Fixed length, built from concatenations with zeros: `x[:, :, -keep:]` or `x[:, :, sinks:]` would
+    trace as slices under guards (S >= keep, S >= sinks) that torch.export takes from its example,
+    wrong for the shorter caches of the first steps. A position both among the first `sinks` and the
+    last `keep` (a short frame) is kept once, as a sink: zeroed in the recent part, where
+    attention_mask is zeroed alike."""
+    if not keep:
+        return x
+
+    def zeros(n: int) -> torch.Tensor:
+        shape = list(x.shape)
+        shape[dim] = n
+        return x.new_zeros(shape)
+
+    length = x.shape[dim]
+    recent = x
+    if sinks:
+        view = [1] * x.dim()
+        view[dim] = length
+        recent = x * (torch.arange(length, device=x.device) >= sinks).view(view).to(x.dtype)
+    last = torch.cat([zeros(keep), recent], dim).narrow(dim, length, keep)
+    if not sinks:
+        return last
+    return torch.cat([torch.cat([x, zeros(sinks)], dim).narrow(dim, 0, sinks), last], dim)
 
 
 def rolling_keep(model: torch.nn.Module) -> int:
@@ -136,13 +156,15 @@ def cache_shapes(model: torch.nn.Module) -> list[tuple[tuple[int, ...], tuple[in
     return shapes
 
 
-def with_past(model: torch.nn.Module, batch: int = 2, window: int = 0) -> tuple[WithPast, dict[str, torch.Tensor], dict[str, dict[int, str]], dict[str, Any]]:
+def with_past(model: torch.nn.Module, batch: int = 2, window: int = 0, sinks: int = 0) -> tuple[WithPast, dict[str, torch.Tensor], dict[str, dict[int, str]], dict[str, Any]]:
     """(module, example inputs, dynamic dims, interface description for report.json); `window` > 1:
-    t2c's window pass will restrict attention to W keys, so the cache keeps W - 1 as well."""
+    t2c's window pass will restrict attention to W keys, so the cache keeps W - 1 as well, after
+    the first `sinks` positions (the pass's global tokens)."""
     shapes = cache_shapes(model)
     layers = len(shapes)
     keeps = [k for k in (rolling_keep(model), window - 1) if k > 0]  # the model's window and t2c's: the narrower
     keep = min(keeps) if keeps else 0
+    sinks = sinks if keep else 0
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 2) or 2)
     gen = torch.Generator().manual_seed(0)
     past, seq = EXAMPLE_PAST, EXAMPLE_SEQ
@@ -166,27 +188,31 @@ def with_past(model: torch.nn.Module, batch: int = 2, window: int = 0) -> tuple[
         "layers": layers,
         "cache": [{"key": [k[1], k[3]], "value": [v[1], v[3]]} for k, v in shapes],  # [heads, head_dim] per layer
         "rolling": keep,  # > 0: present_* keep the last `rolling` positions (a sliding window's cache)
+        "sinks": sinks,  # ... after the first `sinks` positions (global tokens), kept for good
         "eos_token_id": getattr(getattr(model, "generation_config", None), "eos_token_id", getattr(config, "eos_token_id", None)),
         "pad_token_id": getattr(getattr(model, "generation_config", None), "pad_token_id", getattr(config, "pad_token_id", None)),
     }
-    return WithPast(model, layers, keep).eval(), examples, dims, interface
+    return WithPast(model, layers, keep, sinks).eval(), examples, dims, interface
 
 
-def pipeline_window(pipeline: Any) -> int:
-    """W of a `window{size=W}` (sliding, no global tokens) in the pipeline, else 0: such a window
-    rolls the cache as a model's own would (the pass puts the window into the cache's mask)."""
-    sizes = [p.size for p in getattr(pipeline, "passes", ()) if getattr(p, "name", "") == "window"
-             and getattr(p, "kind", "") == "sliding" and not getattr(p, "global_tokens", 0)]
-    return min(sizes) if sizes else 0
+def pipeline_window(pipeline: Any) -> tuple[int, int]:
+    """(W, G) of the `window{size=W,global=G}` passes (sliding) in the pipeline, else (0, 0): such a
+    window rolls the cache as a model's own would, keeping the first G positions for good (the pass
+    puts the window and the global keys into the cache's mask). Several: the narrowest window and
+    the fewest global tokens (a key is then global to every one of them)."""
+    windows = [p for p in getattr(pipeline, "passes", ()) if getattr(p, "name", "") == "window" and getattr(p, "kind", "") == "sliding"]
+    if not windows:
+        return 0, 0
+    return min(p.size for p in windows), min(p.global_tokens for p in windows)
 
 
 def loaded_with_past(loaded: LoadedModel, pipeline: Any = None) -> LoadedModel:
     """The loaded model as its with-past graph's module, examples and dims (`--with-past`);
-    a sliding `window{size=W}` in `pipeline` rolls the cache at W - 1 positions."""
+    a sliding `window{size=W,global=G}` in `pipeline` rolls the cache at W - 1 positions after G."""
     from .hf import is_hf_model
 
     if not is_hf_model(loaded.module):
         raise UserError(f"{WITH_PAST_HINT}; {loaded.source} is a {type(loaded.module).__name__}")
     batch = next((int(t.shape[0]) for t in loaded.example_inputs.values() if isinstance(t, torch.Tensor) and t.dim() >= 1), 2)
-    module, examples, dims, interface = with_past(loaded.module.eval(), max(batch, 2), pipeline_window(pipeline))
+    module, examples, dims, interface = with_past(loaded.module.eval(), max(batch, 2), *pipeline_window(pipeline))
     return dataclasses.replace(loaded, module=module, example_inputs=examples, dynamic_dims=dims, with_past=interface)

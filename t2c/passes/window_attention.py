@@ -37,8 +37,8 @@ class WindowAttention(Pass):
 
     Over a KV cache (`--with-past`: keys past + seq, queries seq) the sliding window is ANDed into
     the mask operand instead (the structure counts queries and keys from 0 alike), in the cache's
-    own frame, so it holds with a rolling cache too; blocks and global tokens are not carried
-    into a cache (near-miss).
+    own frame, so it holds with a rolling cache too, and global tokens are the first G keys of that
+    frame (the rolling cache keeps them in front); blocks are not carried into a cache (near-miss).
 
     Options: size (>= 1, required), kind (sliding | block), global (>= 0).
     Stats: windowed, already_windowed, attention_nodes, kv_cache (windows put into a cache's mask).
@@ -87,7 +87,7 @@ class WindowAttention(Pass):
                 # structure cannot say; the window goes into the mask operand instead.
                 why = self._cache_miss()
                 if why is None:
-                    _window_into_mask(rw, node, self.windowed(node.attrs).window)
+                    _window_into_mask(rw, node, self.windowed(node.attrs).window, self.global_tokens)
                     stats["kv_cache"] += 1
                     continue
                 if near_misses_wanted():
@@ -107,15 +107,15 @@ class WindowAttention(Pass):
         """Why this window cannot go into the mask of an attention over a KV cache, or None."""
         if self.kind != "sliding":
             return "blocks count positions from the sequence's start, which a rolling cache no longer holds"
-        if self.global_tokens:
-            return "global tokens would have to stay cached, which the rolling cache does not do yet"
         return None
 
 
-def _window_into_mask(rw: Rewriter, node, window: tuple[int, int]) -> None:
+def _window_into_mask(rw: Rewriter, node, window: tuple[int, int], global_tokens: int = 0) -> None:
     """attention(q, k, v, mask) over keys [past + seq] -> the same with mask & band, where the band
     holds |i - j| inside `window` (left, right; -1 unlimited) and query i is key position Sk - Sq + i:
-    the cache's own frame, so a rolling cache (the last W - 1 positions) keeps the same distances."""
+    the cache's own frame, so a rolling cache (the last W - 1 positions) keeps the same distances.
+    With global tokens, keys j < G are in the band too: the first G positions of the frame, which a
+    rolling cache keeps in front (frontends/hf_past.cache_window)."""
     q, k = node.inputs[0].type, node.inputs[1].type
     sq, sk = q.shape[-2], k.shape[-2]
     i64 = DType.I64
@@ -131,6 +131,9 @@ def _window_into_mask(rw: Rewriter, node, window: tuple[int, int]) -> None:
     for op, bound in [("le", left)] * (left >= 0) + [("ge", -right)] * (right >= 0):  # i - j <= left, i - j >= -right
         cond = ins(op, [behind, ins("full", [], FullAttrs(shape=(), value=bound, dtype=i64))])
         band = cond if band is None else ins("bitwise_and", [band, cond])
+    if global_tokens:  # key j < G: seen by every query (the queries are never among them after the prompt)
+        sinks = ins("lt", [kpos, ins("full", [], FullAttrs(shape=(), value=global_tokens, dtype=i64))])
+        band = sinks if band is None else ins("bitwise_or", [band, sinks])
     band = ins("reshape", [band], ShapeAttrs((1, 1, sq, sk)))
     a = node.attrs
     q_, k_, v_, mask, cos, sin = attention_operands(node.inputs, a)

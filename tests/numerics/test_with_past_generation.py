@@ -142,6 +142,27 @@ def test_t2c_window_rolls_the_cache_and_decodes_as_the_windowed_model(tmp_path):
         assert tokens == sequence[len(prompt):]
 
 
+def test_t2c_window_keeps_its_global_tokens_cached(tmp_path):
+    """`window{size=4,global=2}` with --with-past: the cache keeps the first 2 positions for good and
+    rolls the last 3 after them (5 positions however long the generation), and greedy decoding from it
+    equals recomputing the whole sequence through the same pipeline without a cache, where the first
+    2 positions stay visible to every later token. A prompt shorter than the global tokens is refused."""
+    model, examples = zoo.build("llama")
+    pipeline = "-O1,window{size=4,global=2}"
+    past = t2c.compile(model, examples, passes=pipeline, out=str(tmp_path / "past"), with_past=True)
+    full = t2c.compile(model, examples, passes=pipeline, out=str(tmp_path / "full"))
+    interface = past.report["with_past"]
+    assert (interface["rolling"], interface["sinks"]) == (3, 2) and dict(past.graph.outputs)["present_key_0"].type.shape[2] == 5
+    for prompt in PROMPTS:  # one at a time: in a left-padded batch the frame's first positions are padding
+        got = past.generate(prompt, 24, eos_token_id=None)
+        sequence = list(prompt)
+        for _ in range(24):
+            sequence.append(int(full(input_ids=torch.tensor([sequence]))["logits"][0, -1].argmax()))
+        assert got == sequence[len(prompt):]
+    with pytest.raises(UserError, match="at least 2 tokens"):
+        past.generate([7], 3)
+
+
 def test_moe_and_int8_decode_as_the_same_pipeline_without_cache(tmp_path):
     """Mixtral at -O2 (weight-only int8 linears and experts) with --with-past: greedy decoding from
     the cache equals recomputing the whole sequence each step through -O2 compiled without one."""
