@@ -13,7 +13,8 @@ For each context length C, in the same run (each library with its default thread
           outputs, as Optimum's with-past exports), the same loop on ONNX Runtime
   eager   the transformers model with its own DynamicCache, the same prompt and steps
 
-It reports the median milliseconds per decoded token, tokens per second, the prefill time, and the
+It reports the median milliseconds per decoded token, tokens per second, the prefill time (the
+prompt as `t2c generate` feeds it: in one call, or PREFILL_CHUNK tokens a call for a decode state), and the
 cache's bytes after the last step (the sum of the present tensors; for eager, its cache's
 tensors), and the ratios torch.onnx / t2c and eager / t2c of the decode time. Windowed decode should keep its cache
 flat in C; linear attention its cache and its time per token; full attention grows linearly in
@@ -83,24 +84,27 @@ def onnx_anchor(model, out: str):
 
 
 def onnx_decode(run, graph, interface: dict, prompt, steps: int) -> dict:
-    """Prompt in one call, then `steps` single tokens through `run` (an artifact with the cache interface of `graph`)."""
+    """The prompt as `generate` feeds it (one call; a decode state PREFILL_CHUNK tokens a call), then
+    `steps` single tokens through `run` (an artifact with the cache interface of `graph`)."""
     import torch
 
-    from t2c.generate import empty_cache, next_mask
+    from t2c.generate import PREFILL_CHUNK, prefill, next_past, empty_cache, next_mask
 
     batch, length = prompt.shape
     past = empty_cache(graph, batch)
     mask = torch.ones(batch, length, dtype=torch.long)
     positions = torch.arange(length)[None].expand(batch, length)
-    ids, times = prompt, []
-    for step in range(steps + 1):
-        start = time.perf_counter()
-        out = run(input_ids=ids, attention_mask=mask, position_ids=positions, **past)
-        times.append(time.perf_counter() - start)
-        past = {name: out["present" + name[len("past"):]] for name in past}
+    start = time.perf_counter()
+    out, past = prefill(run, prompt, mask, positions, past, PREFILL_CHUNK if graph.states else length)
+    times = [time.perf_counter() - start]
+    for step in range(steps):
         ids = out["logits"][:, -1].argmax(-1)[:, None]
         mask = next_mask(mask, interface["rolling"], interface.get("sinks", 0))
         positions = positions[:, -1:] + 1
+        start = time.perf_counter()
+        out = run(input_ids=ids, attention_mask=mask, position_ids=positions, **past)
+        times.append(time.perf_counter() - start)
+        past = next_past(out, past)
     return {"prefill_s": times[0], "decode_ms": 1000 * statistics.median(times[1:]),
             "cache_bytes": sum(t.numel() * t.element_size() for t in past.values())}
 

@@ -17,6 +17,7 @@ import torch
 from .errors import UserError
 
 COMPILE_HINT = "compile it with `t2c compile MODEL --with-past -o OUT`"
+PREFILL_CHUNK = 256  # prompt tokens per call for a decode-state artifact
 
 
 def _prompts(prompts: Any) -> tuple[list[list[int]], bool]:
@@ -66,8 +67,15 @@ def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: 
 
     out: list[list[int]] = [[] for _ in sequences]
     done = [False] * batch
-    for _ in range(max_new_tokens):
-        result = compiled(input_ids=ids, attention_mask=mask, position_ids=positions, **past)
+    # A decode state (linear attention) takes the prompt in chunks: its step is quadratic in the
+    # tokens of one call and linear in the state, so the prompt costs O(n * chunk), not O(n^2).
+    chunk = PREFILL_CHUNK if compiled.graph.states else longest
+    for step in range(max_new_tokens):
+        if step == 0:
+            result, past = prefill(compiled, ids, mask, positions, past, chunk)
+        else:
+            result = compiled(input_ids=ids, attention_mask=mask, position_ids=positions, **past)
+            past = next_past(result, past)
         chosen = result["logits"][:, -1].float().argmax(-1)
         for b, token in enumerate(chosen.tolist()):
             if not done[b]:
@@ -75,11 +83,25 @@ def generate(compiled: Any, prompts: Any, max_new_tokens: int, *, eos_token_id: 
                 done[b] = token in eos
         if all(done):
             break
-        past = {name: result["present" + name[len("past"):]] for name in past}
         ids = torch.where(torch.tensor(done), pad, chosen)[:, None]
         mask = next_mask(mask, interface.get("rolling", 0), interface.get("sinks", 0))
         positions = positions[:, -1:] + 1
     return out[0] if single else out
+
+
+def prefill(compiled: Any, ids, mask, positions, past: dict, chunk: int) -> tuple[dict, dict]:
+    """(the last call's outputs, the cache after the prompt): the prompt `chunk` tokens a call, each
+    call's attention_mask spanning the cache so far and its own tokens."""
+    for start in range(0, ids.shape[1], chunk):
+        stop = start + chunk
+        result = compiled(input_ids=ids[:, start:stop], attention_mask=mask[:, :stop], position_ids=positions[:, start:stop], **past)
+        past = next_past(result, past)
+    return result, past
+
+
+def next_past(result: dict, past: dict) -> dict:
+    """The next call's past_* inputs: the present_* outputs of this one."""
+    return {name: result["present" + name[len("past"):]] for name in past}
 
 
 def _vocab(compiled: Any) -> int | None:

@@ -217,6 +217,19 @@ def test_linear_attention_decodes_from_a_state_of_constant_size(name, tmp_path):
         assert got == sequence[len(prompt):]
 
 
+def test_a_state_takes_the_prompt_in_chunks(tmp_path, monkeypatch):
+    """generate feeds a decode-state artifact its prompt PREFILL_CHUNK tokens a call (O(n * chunk));
+    chunks of 2 and 3, where the left-padded prompts have chunks of padding only, give the ids of one call."""
+    import t2c.generate as generation
+
+    model, examples = zoo.build("llama")
+    c = t2c.compile(model, examples, passes=LINEAR, out=str(tmp_path), with_past=True)
+    whole = c.generate(PROMPTS, 8, eos_token_id=None)
+    for chunk in (2, 3):
+        monkeypatch.setattr(generation, "PREFILL_CHUNK", chunk)
+        assert c.generate(PROMPTS, 8, eos_token_id=None) == whole
+
+
 def test_linear_attention_state_on_the_ort_flavor_and_triton(tmp_path):
     """The state form on the ort flavor and on --target triton (TRITON_INTERPRET=1 here): validated,
     and the ids of the standard ONNX artifact."""
