@@ -199,8 +199,8 @@ def compile_loaded(loaded: LoadedModel, options: CompileOptions, out_dir: str, *
     if calibration.notes:
         report.setdefault("warnings", []).extend(calibration.notes)
     if graph.states and "with_past" in report:  # layers whose KV cache a decode state replaced
-        report["with_past"] = {**report["with_past"], "states": {n: [str(d) for d in v.type.shape] for v in graph.inputs
-                                                               for n in [v.name] if n in graph.states}}
+        states = {v.name: [str(d) for d in v.type.shape] for v in graph.inputs if v.name in graph.states}
+        report["with_past"] = {**report["with_past"], "states": states}
     report["op_counts"]["final"] = graph.op_counts()
     report["node_count"]["final"] = len(graph.nodes)
     report["fusion"] = fusion_report(graph)

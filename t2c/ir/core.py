@@ -78,6 +78,14 @@ _TO_TORCH = {
 _FROM_TORCH = {v: k for k, v in _TO_TORCH.items()}
 
 
+def rest_of_sum(d: "SymDim", name: str) -> sympy.Expr | None:
+    """`rest` when d is `name + rest` (name once, coefficient 1, not inside rest), else None:
+    then name = (the size of d) - rest."""
+    s = sym_symbol(name)
+    rest = d.sympy - s
+    return rest if s not in rest.free_symbols and d.sympy.coeff(s) == 1 else None
+
+
 def solve_dims(sizes: Iterable[tuple[Dim, int]], bindings: dict[str, int]) -> dict[str, int]:
     """`bindings` with every symbol that some dim `sym + known` (a unit coefficient) determines:
     `past` from an attention_mask of `past+seq` once seq is bound, when no input has `past`
@@ -91,9 +99,8 @@ def solve_dims(sizes: Iterable[tuple[Dim, int]], bindings: dict[str, int]) -> di
             if len(unknown) != 1:
                 continue
             (name,) = unknown
-            e, s = d.sympy, sym_symbol(name)
-            rest = e - s
-            if s in rest.free_symbols or e.coeff(s) != 1:
+            rest = rest_of_sum(d, name)
+            if rest is None:
                 continue
             bindings[name] = int(n) - int(rest.subs({sym_symbol(k): v for k, v in bindings.items()}))
             progress = True

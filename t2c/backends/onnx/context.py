@@ -18,7 +18,7 @@ import torch
 from onnx import TensorProto, helper
 
 from ...errors import T2CError
-from ...ir.core import Dim, DType, Graph, SymDim, Value, sym_symbol
+from ...ir.core import Dim, DType, Graph, SymDim, Value, rest_of_sum
 from ...ir.core import dim as as_dim
 
 if TYPE_CHECKING:
@@ -229,9 +229,8 @@ class Context:
                     return self.emit("Shape", [v.name], start=axis, end=axis + 1)
         for v in self.graph.inputs:  # no input has it alone: `past` of a `past+seq` dim (core.solve_dims)
             for axis, d in enumerate(v.type.shape):
-                if isinstance(d, SymDim) and name in d.symbols:
-                    rest = d.sympy - sym_symbol(name)
-                    if sym_symbol(name) not in rest.free_symbols and d.sympy.coeff(sym_symbol(name)) == 1:
-                        return self.emit("Sub", [self.emit("Shape", [v.name], start=axis, end=axis + 1), self._expr(rest)])
+                rest = rest_of_sum(d, name) if isinstance(d, SymDim) and name in d.symbols else None
+                if rest is not None:
+                    return self.emit("Sub", [self.emit("Shape", [v.name], start=axis, end=axis + 1), self._expr(rest)])
         raise LoweringError(f"dynamic dim {name!r} is not bound by any graph input or earlier data-dependent op")
 
